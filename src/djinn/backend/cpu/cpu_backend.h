@@ -1,0 +1,18 @@
+// CpuBackend: the reference backend. Dispatches each op of the op table to its
+// kernel in cpu_kernels.h; "device memory" is aligned host memory.
+#pragma once
+
+#include "djinn/backend/backend.h"
+
+namespace djinn {
+
+class CpuBackend final : public Backend {
+ public:
+  DeviceKind device() const override { return DeviceKind::kCpu; }
+  Status run_op(OpKind op, const OpAttrs& attrs, std::span<const TensorView> inputs, const TensorView& output,
+                const SymbolBindings& bindings) override;
+  void* allocate(size_t bytes, size_t alignment) override;
+  void deallocate(void* pointer) override;
+};
+
+}  // namespace djinn

@@ -1,0 +1,266 @@
+#include "djinn/backend/cpu/cpu_kernels.h"
+
+#include <cblas.h>
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+namespace djinn::cpu {
+namespace {
+
+// A row of `width` floating elements of `dtype` as f32: the pointer itself when the
+// storage already is f32, else widened into `scratch`.
+const float* row_as_f32(const void* row, DType dtype, int64_t width, std::vector<float>& scratch) {
+  if (dtype == DType::kF32) return static_cast<const float*>(row);
+  scratch.resize(static_cast<size_t>(width));
+  convert_to_f32(row, dtype, static_cast<size_t>(width), scratch.data());
+  return scratch.data();
+}
+
+const std::byte* element_ptr(const TensorView& t, int64_t row, int64_t col) {
+  return static_cast<const std::byte*>(t.data) +
+         static_cast<size_t>(row * t.strides[0] + col) * dtype_size(t.dtype);
+}
+
+}  // namespace
+
+Status embedding(const TensorView& table, const TensorView& ids, const TensorView& out) {
+  const int64_t vocab = table.dim(0), hidden = table.dim(1), rows = ids.dim(0);
+  const auto* id = ids.as<const int32_t>();
+  for (int64_t r = 0; r < rows; ++r) {
+    if (id[r] < 0 || id[r] >= vocab)
+      return out_of_range(fmt::format("token id {} at position {} is outside the vocabulary [0, {})", id[r], r, vocab));
+    convert_to_f32(table.row_ptr(id[r]), table.dtype, static_cast<size_t>(hidden), out.as<float>() + r * hidden);
+  }
+  return {};
+}
+
+Status matmul(const TensorView& x, const TensorView& w, bool transpose_b, const TensorView& out) {
+  const int64_t m = x.dim(0), k = x.dim(1), n = out.dim(1);
+  if (m == 0) return {};
+  const float* w_f32 = w.as<const float>();
+  std::vector<float> widened;
+  if (w.dtype != DType::kF32) {
+    widened.resize(static_cast<size_t>(w.numel()));
+    convert_to_f32(w.data, w.dtype, widened.size(), widened.data());
+    w_f32 = widened.data();
+  }
+  // out[m, n] = x[m, k] . (w[n, k])^T   or   x[m, k] . w[k, n]
+  const int ldb = static_cast<int>(transpose_b ? k : n);
+  if (m == 1) {
+    cblas_sgemv(CblasRowMajor, transpose_b ? CblasNoTrans : CblasTrans, transpose_b ? static_cast<int>(n) : static_cast<int>(k),
+                transpose_b ? static_cast<int>(k) : static_cast<int>(n), 1.0f, w_f32, ldb, x.as<const float>(), 1, 0.0f,
+                out.as<float>(), 1);
+    return {};
+  }
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, transpose_b ? CblasTrans : CblasNoTrans, static_cast<int>(m),
+              static_cast<int>(n), static_cast<int>(k), 1.0f, x.as<const float>(), static_cast<int>(k), w_f32, ldb, 0.0f,
+              out.as<float>(), static_cast<int>(n));
+  return {};
+}
+
+Status add(const TensorView& a, const TensorView& b, const TensorView& out) {
+  const int64_t rows = a.dim(0), cols = a.dim(1);
+  const float* pa = a.as<const float>();
+  float* po = out.as<float>();
+  std::vector<float> scratch;
+  if (b.rank() == 1) {  // row broadcast (a bias)
+    const float* bias = row_as_f32(b.data, b.dtype, cols, scratch);
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t c = 0; c < cols; ++c) po[r * cols + c] = pa[r * cols + c] + bias[c];
+    return {};
+  }
+  const float* pb = row_as_f32(b.data, b.dtype, rows * cols, scratch);
+  for (int64_t i = 0; i < rows * cols; ++i) po[i] = pa[i] + pb[i];
+  return {};
+}
+
+Status mul(const TensorView& a, const TensorView& b, const TensorView& out) {
+  const int64_t n = a.numel();
+  std::vector<float> scratch;
+  const float* pa = a.as<const float>();
+  const float* pb = row_as_f32(b.data, b.dtype, n, scratch);
+  float* po = out.as<float>();
+  for (int64_t i = 0; i < n; ++i) po[i] = pa[i] * pb[i];
+  return {};
+}
+
+Status layernorm(const TensorView& x, const TensorView& gamma, const TensorView& beta, float eps,
+                 const TensorView& out) {
+  const int64_t rows = x.dim(0), hidden = x.dim(1);
+  std::vector<float> g_scratch, b_scratch;
+  const float* g = row_as_f32(gamma.data, gamma.dtype, hidden, g_scratch);
+  const float* b = row_as_f32(beta.data, beta.dtype, hidden, b_scratch);
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* in = x.as<const float>() + r * hidden;
+    float* o = out.as<float>() + r * hidden;
+    float mean = 0.0f;
+    for (int64_t i = 0; i < hidden; ++i) mean += in[i];
+    mean /= static_cast<float>(hidden);
+    float var = 0.0f;
+    for (int64_t i = 0; i < hidden; ++i) var += (in[i] - mean) * (in[i] - mean);
+    var /= static_cast<float>(hidden);
+    const float inv = 1.0f / std::sqrt(var + eps);
+    for (int64_t i = 0; i < hidden; ++i) o[i] = (in[i] - mean) * inv * g[i] + b[i];
+  }
+  return {};
+}
+
+Status rmsnorm(const TensorView& x, const TensorView& gamma, float eps, const TensorView& out) {
+  const int64_t rows = x.dim(0), hidden = x.dim(1);
+  std::vector<float> g_scratch;
+  const float* g = row_as_f32(gamma.data, gamma.dtype, hidden, g_scratch);
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* in = x.as<const float>() + r * hidden;
+    float* o = out.as<float>() + r * hidden;
+    float sum_sq = 0.0f;
+    for (int64_t i = 0; i < hidden; ++i) sum_sq += in[i] * in[i];
+    const float inv = 1.0f / std::sqrt(sum_sq / static_cast<float>(hidden) + eps);
+    for (int64_t i = 0; i < hidden; ++i) o[i] = g[i] * (in[i] * inv);
+  }
+  return {};
+}
+
+Status gelu_new(const TensorView& x, const TensorView& out) {
+  constexpr float kSqrt2OverPi = 0.7978845608028654f;
+  const float* in = x.as<const float>();
+  float* o = out.as<float>();
+  for (int64_t i = 0, n = x.numel(); i < n; ++i) {
+    const float v = in[i];
+    o[i] = 0.5f * v * (1.0f + std::tanh(kSqrt2OverPi * (v + 0.044715f * v * v * v)));
+  }
+  return {};
+}
+
+Status silu(const TensorView& x, const TensorView& out) {
+  const float* in = x.as<const float>();
+  float* o = out.as<float>();
+  for (int64_t i = 0, n = x.numel(); i < n; ++i) o[i] = in[i] / (1.0f + std::exp(-in[i]));
+  return {};
+}
+
+Status rope(const TensorView& x, const TensorView& positions, int64_t head_dim, float theta, const TensorView& out) {
+  const int64_t rows = x.dim(0), width = x.dim(1), half = head_dim / 2;
+  const auto* pos = positions.as<const int32_t>();
+  std::vector<float> inv_freq(static_cast<size_t>(half));
+  for (int64_t i = 0; i < half; ++i)
+    inv_freq[static_cast<size_t>(i)] =
+        static_cast<float>(1.0 / std::pow(static_cast<double>(theta), static_cast<double>(2 * i) / static_cast<double>(head_dim)));
+  std::vector<float> cos_row(static_cast<size_t>(half)), sin_row(static_cast<size_t>(half));
+  for (int64_t r = 0; r < rows; ++r) {
+    if (pos[r] < 0) return out_of_range(fmt::format("rope: negative position {} at row {}", pos[r], r));
+    for (int64_t i = 0; i < half; ++i) {
+      // Same order of operations as Hugging Face: the angle in f32, then cos / sin.
+      const float angle = static_cast<float>(pos[r]) * inv_freq[static_cast<size_t>(i)];
+      cos_row[static_cast<size_t>(i)] = std::cos(angle);
+      sin_row[static_cast<size_t>(i)] = std::sin(angle);
+    }
+    const float* in = x.as<const float>() + r * width;
+    float* o = out.as<float>() + r * width;
+    for (int64_t head = 0; head < width / head_dim; ++head) {
+      const float* h_in = in + head * head_dim;
+      float* h_out = o + head * head_dim;
+      for (int64_t i = 0; i < half; ++i) {
+        const float x1 = h_in[i], x2 = h_in[i + half];
+        const float c = cos_row[static_cast<size_t>(i)], s = sin_row[static_cast<size_t>(i)];
+        h_out[i] = x1 * c - x2 * s;
+        h_out[i + half] = x2 * c + x1 * s;
+      }
+    }
+  }
+  return {};
+}
+
+namespace {
+void softmax_inplace(float* row, int64_t n) {
+  float max_value = row[0];
+  for (int64_t i = 1; i < n; ++i) max_value = std::max(max_value, row[i]);
+  float sum = 0.0f;
+  for (int64_t i = 0; i < n; ++i) {
+    row[i] = std::exp(row[i] - max_value);
+    sum += row[i];
+  }
+  const float inv = 1.0f / sum;
+  for (int64_t i = 0; i < n; ++i) row[i] *= inv;
+}
+}  // namespace
+
+Status softmax(const TensorView& x, const TensorView& out) {
+  const int64_t rows = x.dim(0), cols = x.dim(1);
+  if (cols == 0) return {};
+  if (out.data != x.data) std::copy_n(x.as<const float>(), rows * cols, out.as<float>());
+  for (int64_t r = 0; r < rows; ++r) softmax_inplace(out.as<float>() + r * cols, cols);
+  return {};
+}
+
+Status slice(const TensorView& x, int64_t start, int64_t length, const TensorView& out) {
+  const int64_t rows = x.dim(0), cols = x.dim(1);
+  for (int64_t r = 0; r < rows; ++r)
+    std::copy_n(x.as<const float>() + r * cols + start, length, out.as<float>() + r * length);
+  return {};
+}
+
+Status kv_append(const TensorView& cache, const TensorView& fresh, int64_t past) {
+  const int64_t capacity = cache.dim(0), width = cache.dim(1), seq = fresh.dim(0);
+  if (past < 0 || past + seq > capacity)
+    return out_of_range(fmt::format("kv cache full: {} tokens cached + {} new > capacity {}", past, seq, capacity));
+  for (int64_t r = 0; r < seq; ++r)
+    convert_from_f32(fresh.as<const float>() + r * width, static_cast<size_t>(width), cache.dtype,
+                     cache.row_ptr(past + r));
+  return {};
+}
+
+Status attention(const TensorView& q, const TensorView& k_cache, const TensorView& v_cache, const OpAttrs& attrs,
+                 int64_t past, const TensorView& out) {
+  const int64_t seq = q.dim(0), capacity = k_cache.dim(0);
+  const int64_t n_heads = attrs.n_heads, head_dim = attrs.head_dim;
+  const int64_t group = attrs.n_heads / attrs.n_kv_heads;  // query heads per KV head
+  const int64_t total = past + seq;
+  if (total > capacity)
+    return out_of_range(fmt::format("attention over {} positions exceeds the kv capacity {}", total, capacity));
+  std::vector<float> scores(static_cast<size_t>(total));
+  std::vector<float> k_scratch, v_scratch;
+  for (int64_t i = 0; i < seq; ++i) {
+    const int64_t visible = past + i + 1;  // causal: keys [0, past + i]
+    for (int64_t h = 0; h < n_heads; ++h) {
+      const int64_t kv_head = h / group;
+      const float* qh = q.as<const float>() + i * q.strides[0] + h * head_dim;
+      for (int64_t t = 0; t < visible; ++t) {
+        const float* kh = row_as_f32(element_ptr(k_cache, t, kv_head * head_dim), k_cache.dtype, head_dim, k_scratch);
+        float dot = 0.0f;
+        for (int64_t d = 0; d < head_dim; ++d) dot += qh[d] * kh[d];
+        scores[static_cast<size_t>(t)] = dot * attrs.scale;
+      }
+      softmax_inplace(scores.data(), visible);
+      float* oh = out.as<float>() + i * out.strides[0] + h * head_dim;
+      std::fill_n(oh, head_dim, 0.0f);
+      for (int64_t t = 0; t < visible; ++t) {
+        const float* vh = row_as_f32(element_ptr(v_cache, t, kv_head * head_dim), v_cache.dtype, head_dim, v_scratch);
+        const float p = scores[static_cast<size_t>(t)];
+        for (int64_t d = 0; d < head_dim; ++d) oh[d] += p * vh[d];
+      }
+    }
+  }
+  return {};
+}
+
+Status last_row(const TensorView& x, const TensorView& out) {
+  const int64_t rows = x.dim(0), cols = x.dim(1);
+  if (rows == 0) return invalid_argument("last_row of an empty tensor");
+  std::copy_n(x.as<const float>() + (rows - 1) * cols, cols, out.as<float>());
+  return {};
+}
+
+Status argmax(const TensorView& x, const TensorView& out) {
+  const int64_t rows = x.dim(0), cols = x.dim(1);
+  if (cols == 0) return invalid_argument("argmax over an empty row");
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* row = x.as<const float>() + r * cols;
+    out.as<int32_t>()[r] = static_cast<int32_t>(std::max_element(row, row + cols) - row);
+  }
+  return {};
+}
+
+}  // namespace djinn::cpu

@@ -1,0 +1,37 @@
+// The CPU reference kernels: one function per op of the op table (graph/op_table.h,
+// which gives every op's shapes and attributes). Compute is f32; inputs stored as
+// f16/bf16 (weights, KV cache) are widened to f32 as they are read. GEMMs go
+// through OpenBLAS. Each kernel validates what depends on data (ids, positions,
+// cache capacity) and returns a Status; shapes were checked by shape inference.
+//
+// All views are contiguous, row-major; `out` is pre-allocated.
+#pragma once
+
+#include "djinn/core/shape.h"
+#include "djinn/core/status.h"
+#include "djinn/core/tensor.h"
+#include "djinn/graph/op.h"
+
+namespace djinn::cpu {
+
+Status embedding(const TensorView& table, const TensorView& ids, const TensorView& out);
+Status matmul(const TensorView& x, const TensorView& w, bool transpose_b, const TensorView& out);
+Status add(const TensorView& a, const TensorView& b, const TensorView& out);
+Status mul(const TensorView& a, const TensorView& b, const TensorView& out);
+Status layernorm(const TensorView& x, const TensorView& gamma, const TensorView& beta, float eps,
+                 const TensorView& out);
+Status rmsnorm(const TensorView& x, const TensorView& gamma, float eps, const TensorView& out);
+Status gelu_new(const TensorView& x, const TensorView& out);
+Status silu(const TensorView& x, const TensorView& out);
+Status rope(const TensorView& x, const TensorView& positions, int64_t head_dim, float theta, const TensorView& out);
+Status softmax(const TensorView& x, const TensorView& out);
+Status slice(const TensorView& x, int64_t start, int64_t length, const TensorView& out);
+// Writes new[seq, W] into cache rows [past, past + seq).
+Status kv_append(const TensorView& cache, const TensorView& fresh, int64_t past);
+// Causal attention of q[seq, n_heads*head_dim] over cache rows [0, past + seq).
+Status attention(const TensorView& q, const TensorView& k_cache, const TensorView& v_cache, const OpAttrs& attrs,
+                 int64_t past, const TensorView& out);
+Status last_row(const TensorView& x, const TensorView& out);
+Status argmax(const TensorView& x, const TensorView& out);
+
+}  // namespace djinn::cpu

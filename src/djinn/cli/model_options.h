@@ -1,0 +1,37 @@
+// Options shared by every subcommand that loads a model (--model, --device, --dtype,
+// --seed) and the code that turns them into a backend and a loaded model.
+#pragma once
+
+#include <CLI/CLI.hpp>
+#include <memory>
+#include <string>
+
+#include "djinn/backend/backend.h"
+#include "djinn/core/status.h"
+#include "djinn/models/model.h"
+
+namespace djinn::cli {
+
+struct ModelOptions {
+  std::string model;          // directory or preset name
+  std::string device = "cpu";
+  std::string dtype = "f32";
+  uint64_t seed = 0;
+};
+
+void add_model_options(CLI::App& command, ModelOptions& options);
+
+struct LoadedModel {
+  std::unique_ptr<Backend> backend;
+  std::shared_ptr<const Model> model;
+  double load_ms = 0.0;
+};
+
+Result<LoadedModel> load_model(const ModelOptions& options);
+
+// "1,2,3" -> {1, 2, 3}; an error names the first piece that is not an i32.
+Result<std::vector<int32_t>> parse_token_ids(const std::string& text);
+// `count` ids in [0, vocab), a pure function of `seed`.
+std::vector<int32_t> random_token_ids(int64_t count, int64_t vocab, uint64_t seed);
+
+}  // namespace djinn::cli

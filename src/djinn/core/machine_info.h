@@ -1,0 +1,19 @@
+// What machine a number was measured on: recorded beside every benchmark result.
+#pragma once
+
+#include <nlohmann/json.hpp>
+#include <string>
+
+namespace djinn {
+
+struct MachineInfo {
+  std::string cpu_model;       // /proc/cpuinfo "model name"
+  unsigned logical_cores = 0;  // std::thread::hardware_concurrency()
+  uint64_t memory_bytes = 0;   // physical memory
+  std::string hostname;
+};
+
+MachineInfo machine_info();
+nlohmann::json to_json(const MachineInfo& info);
+
+}  // namespace djinn

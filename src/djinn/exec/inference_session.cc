@@ -1,0 +1,129 @@
+#include "djinn/exec/inference_session.h"
+
+#include <fmt/format.h>
+
+#include <chrono>
+#include <numeric>
+
+namespace djinn {
+namespace {
+constexpr size_t kKvAlignment = 64;  // bytes
+
+double ms_since(std::chrono::steady_clock::time_point start) {
+  return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
+}
+}  // namespace
+
+double GenerateResult::decode_ms_per_token() const {
+  if (decode_step_ms.empty()) return 0.0;
+  return std::accumulate(decode_step_ms.begin(), decode_step_ms.end(), 0.0) / static_cast<double>(decode_step_ms.size());
+}
+
+Result<std::unique_ptr<InferenceSession>> InferenceSession::create(std::shared_ptr<const Model> model, Backend& backend,
+                                                                   int64_t capacity) {
+  const ModelConfig& config = model->config();
+  if (capacity <= 0 || capacity > config.max_positions)
+    return out_of_range(fmt::format("a session of {} tokens does not fit model {} (max context {} tokens)", capacity,
+                                    config.name, config.max_positions));
+  std::unique_ptr<InferenceSession> session(new InferenceSession(std::move(model), backend, capacity));
+  const Shape shape{capacity, config.n_kv_heads * config.head_dim};
+  for (int64_t slot = 0; slot < 2 * config.n_layers; ++slot) {
+    TensorView view = TensorView::contiguous(nullptr, shape, session->model_->dtype(), LifetimeClass::kKv);
+    view.data = backend.allocate(view.nbytes(), kKvAlignment);
+    if (view.data == nullptr) return out_of_memory(fmt::format("session KV cache: {} bytes for slot {}", view.nbytes(), slot));
+    std::memset(view.data, 0, view.nbytes());
+    session->kv_.push_back(std::move(view));
+  }
+  return session;
+}
+
+InferenceSession::InferenceSession(std::shared_ptr<const Model> model, Backend& backend, int64_t capacity)
+    : model_(std::move(model)), backend_(backend), interpreter_(backend), capacity_(capacity) {}
+
+InferenceSession::~InferenceSession() {
+  for (TensorView& view : kv_) backend_.deallocate(view.data);
+}
+
+size_t InferenceSession::kv_bytes() const {
+  size_t total = 0;
+  for (const TensorView& view : kv_) total += view.nbytes();
+  return total;
+}
+
+const ModelGraph& InferenceSession::step_graph(Phase phase, bool all_logits) {
+  auto key = std::make_pair(phase, all_logits);
+  auto it = graphs_.find(key);
+  if (it != graphs_.end()) return it->second.model_graph;
+  GraphOptions options;
+  options.phase = phase;
+  options.kv_capacity = capacity_;
+  options.all_logits = all_logits;
+  options.weight_dtype = options.kv_dtype = model_->dtype();
+  StepGraph step{build_model_graph(model_->config(), options), {}};
+  for (ValueId id : step.model_graph.graph.weight_values()) {
+    Result<TensorView> weight = model_->weight(step.model_graph.graph.value(id).name);
+    DJINN_ASSERT(weight.ok(), "{}", weight.status().to_string());  // the model was built from the same specs
+    step.weights.push_back(*weight);
+  }
+  return graphs_.emplace(key, std::move(step)).first->second.model_graph;
+}
+
+Status InferenceSession::validate_tokens(std::span<const int32_t> tokens) const {
+  if (tokens.empty()) return invalid_argument("no tokens to run");
+  const int64_t vocab = model_->config().vocab_size;
+  for (size_t i = 0; i < tokens.size(); ++i)
+    if (tokens[i] < 0 || tokens[i] >= vocab)
+      return out_of_range(fmt::format("token id {} at index {} is outside the vocabulary [0, {})", tokens[i], i, vocab));
+  const auto n = static_cast<int64_t>(tokens.size());
+  if (length_ + n > capacity_)
+    return out_of_range(fmt::format("{} tokens after the {} already cached exceed the session's context of {} tokens", n,
+                                    length_, capacity_));
+  return {};
+}
+
+Result<ForwardResult> InferenceSession::forward(std::span<const int32_t> tokens, bool all_logits) {
+  DJINN_RETURN_IF_ERROR(validate_tokens(tokens));
+  const auto n = static_cast<int64_t>(tokens.size());
+  const Phase phase = (n == 1 && !all_logits) ? Phase::kDecode : Phase::kPrefill;
+  step_graph(phase, all_logits);
+  const StepGraph& step = graphs_.at({phase, all_logits});
+
+  std::vector<int32_t> ids(tokens.begin(), tokens.end());
+  std::vector<int32_t> positions(tokens.size());
+  std::iota(positions.begin(), positions.end(), static_cast<int32_t>(length_));
+  const TensorView io[] = {TensorView::contiguous(ids.data(), {n}, DType::kI32, LifetimeClass::kIo),
+                           TensorView::contiguous(positions.data(), {n}, DType::kI32, LifetimeClass::kIo)};
+  GraphBindings bindings{step.weights, kv_, io, SymbolBindings{.seq = n, .past = length_}};
+  DJINN_ASSIGN_OR_RETURN(std::vector<TensorView> outputs, interpreter_.run(step.model_graph.graph, bindings));
+  length_ += n;
+
+  ForwardResult result;
+  const TensorView& logits = outputs[0];
+  result.rows = logits.dim(0);
+  result.logits.assign(logits.as<const float>(), logits.as<const float>() + logits.numel());
+  result.next_token = outputs[1].as<const int32_t>()[0];
+  return result;
+}
+
+Result<GenerateResult> InferenceSession::generate(std::span<const int32_t> prompt, int64_t max_new_tokens) {
+  if (max_new_tokens < 0) return invalid_argument(fmt::format("max_new_tokens must be >= 0, got {}", max_new_tokens));
+  if (length_ + static_cast<int64_t>(prompt.size()) + max_new_tokens - (max_new_tokens > 0 ? 1 : 0) > capacity_)
+    return out_of_range(fmt::format("{} prompt tokens + {} new tokens after the {} cached exceed the context of {} tokens",
+                                    prompt.size(), max_new_tokens, length_, capacity_));
+  GenerateResult result;
+  if (max_new_tokens == 0) return result;
+  auto start = std::chrono::steady_clock::now();
+  DJINN_ASSIGN_OR_RETURN(ForwardResult first, forward(prompt));
+  result.prefill_ms = ms_since(start);
+  result.new_tokens.push_back(first.next_token);
+  while (static_cast<int64_t>(result.new_tokens.size()) < max_new_tokens) {
+    start = std::chrono::steady_clock::now();
+    const int32_t last = result.new_tokens.back();
+    DJINN_ASSIGN_OR_RETURN(ForwardResult step, forward(std::span<const int32_t>(&last, 1)));
+    result.decode_step_ms.push_back(ms_since(start));
+    result.new_tokens.push_back(step.next_token);
+  }
+  return result;
+}
+
+}  // namespace djinn

@@ -1,0 +1,47 @@
+// The op table: every op djinn knows, listed exactly once. Enums, names, arities and
+// trait queries are generated from this list; adding an op here makes every
+// `switch (OpKind)` without a default fail to compile until it handles the new op.
+//
+// X(Enum, "name", arity, traits)
+//   arity  number of inputs
+//   traits bit set of OpTrait
+//
+// Inputs, outputs and attributes per op (shapes row-major, `rows` may be symbolic):
+//   embedding   (table[V, H], ids[rows] i32)             -> [rows, H] f32
+//   matmul      (x[rows, K], w)                          -> [rows, N] f32
+//               w is [N, K] if attrs.transpose_b (nn.Linear), else [K, N] (GPT-2 Conv1D)
+//   add         (a[rows, N], b[rows, N] or b[N])         -> [rows, N]   (b broadcast over rows)
+//   mul         (a[rows, N], b[rows, N])                 -> [rows, N]
+//   layernorm   (x[rows, H], gamma[H], beta[H]) eps      -> [rows, H]
+//   rmsnorm     (x[rows, H], gamma[H]) eps               -> [rows, H]
+//   gelu_new    (x)                                      -> same shape (tanh approximation)
+//   silu        (x)                                      -> same shape
+//   rope        (x[rows, heads*head_dim], pos[rows] i32) head_dim, rope_theta -> same shape
+//               (rotate-half layout of Hugging Face Llama)
+//   softmax     (x[rows, N])                             -> [rows, N], over the last dim
+//   slice       (x[rows, N]) start, length               -> [rows, length], columns [start, start+length)
+//   kv_append   (cache[capacity, W], new[seq, W])        -> the same cache, rows [past, past+seq) written
+//               (the output aliases input 0; it exists so attention depends on the write)
+//   attention   (q[seq, n_heads*head_dim], k_cache[capacity, n_kv_heads*head_dim], v_cache[same])
+//               n_heads, n_kv_heads, head_dim, scale -> [seq, n_heads*head_dim]
+//               causal: query row i sits at position past+i and sees cache rows [0, past+i]
+//   last_row    (x[rows, N])                             -> [1, N]
+//   argmax      (x[rows, N])                             -> [rows] i32, first maximum of each row
+#pragma once
+
+#define DJINN_OP_TABLE(X)                              \
+  X(Embedding, "embedding", 2, 0)                      \
+  X(MatMul, "matmul", 2, 0)                            \
+  X(Add, "add", 2, kElementwise)                       \
+  X(Mul, "mul", 2, kElementwise)                       \
+  X(LayerNorm, "layernorm", 3, kNormalization)         \
+  X(RmsNorm, "rmsnorm", 2, kNormalization)             \
+  X(GeluNew, "gelu_new", 1, kElementwise)              \
+  X(Silu, "silu", 1, kElementwise)                     \
+  X(Rope, "rope", 2, 0)                                \
+  X(Softmax, "softmax", 1, 0)                          \
+  X(Slice, "slice", 1, 0)                              \
+  X(KvAppend, "kv_append", 2, kWritesKv | kAliasesInput0) \
+  X(Attention, "attention", 3, kReadsKv)               \
+  X(LastRow, "last_row", 1, 0)                         \
+  X(Argmax, "argmax", 1, 0)
