@@ -5,6 +5,7 @@
 #include <CLI/CLI.hpp>
 #include <cstdio>
 #include <exception>
+#include <string>
 
 #include "djinn/cli/commands.h"
 
@@ -19,6 +20,16 @@ int main(int argc, char** argv) {
       djinn::cli::add_bench_command(app),
   };
 
+  std::string known;
+  bool is_known = false;
+  for (const djinn::cli::Command& command : commands) {
+    known += (known.empty() ? "" : ", ") + command.subcommand->get_name();
+    is_known = is_known || (argc > 1 && command.subcommand->get_name() == argv[1]);
+  }
+  if (argc > 1 && argv[1][0] != '-' && !is_known) {
+    std::fprintf(stderr, "djinn: unknown command '%s' (commands: %s)\n", argv[1], known.c_str());
+    return 2;
+  }
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {

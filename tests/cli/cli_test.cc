@@ -1,0 +1,147 @@
+// The `djinn` binary as a user sees it: golden fixtures reproduced through the command
+// line, and bad input answered by one clear line and a non-zero exit, never a crash.
+#include <gtest/gtest.h>
+#include <sys/wait.h>
+
+#include <array>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "djinn/models/safetensors.h"
+
+namespace djinn {
+namespace {
+
+namespace fs = std::filesystem;
+const fs::path kGolden = DJINN_GOLDEN_DIR;
+
+struct CommandResult {
+  int exit_code = -1;
+  bool signaled = false;
+  std::string out, err;
+};
+
+fs::path scratch_dir() {
+  const fs::path dir = fs::temp_directory_path() / ("djinn_cli_test_" + std::to_string(::getpid()));
+  fs::create_directories(dir);
+  return dir;
+}
+
+std::string read_file(const fs::path& path) {
+  std::ifstream in(path);
+  return {std::istreambuf_iterator<char>(in), {}};
+}
+
+CommandResult run_djinn(const std::string& args) {
+  const fs::path err_path = scratch_dir() / "stderr.txt";
+  const std::string command = std::string(DJINN_BINARY) + " " + args + " 2>" + err_path.string();
+  CommandResult result;
+  FILE* pipe = popen(command.c_str(), "r");
+  if (pipe == nullptr) return result;
+  std::array<char, 4096> buffer;
+  size_t n;
+  while ((n = fread(buffer.data(), 1, buffer.size(), pipe)) > 0) result.out.append(buffer.data(), n);
+  const int status = pclose(pipe);
+  result.signaled = WIFSIGNALED(status);
+  result.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  result.err = read_file(err_path);
+  return result;
+}
+
+std::string golden_prompt(const std::string& name) {
+  const nlohmann::json expected = nlohmann::json::parse(read_file(kGolden / name / "expected.json"));
+  std::string ids;
+  for (int i = 0; i < expected["prompt_len"].get<int>(); ++i)
+    ids += (i ? "," : "") + std::to_string(expected["generated_ids"][static_cast<size_t>(i)].get<int>());
+  return ids;
+}
+
+class CliGolden : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(CliGolden, RunReproducesTheFixture) {
+  const std::string name = GetParam();
+  const fs::path logits_path = scratch_dir() / (name + "_logits.safetensors");
+  const CommandResult r = run_djinn("run --model " + (kGolden / name).string() + " --prompt-ids " + golden_prompt(name) +
+                                    " --max-new-tokens 24 --logits-out " + logits_path.string() + " --json");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const nlohmann::json out = nlohmann::json::parse(r.out);
+  const nlohmann::json expected = nlohmann::json::parse(read_file(kGolden / name / "expected.json"));
+  EXPECT_EQ(out["generated_ids"], expected["generated_ids"]);
+  for (const char* key : {"prefill_ms", "decode_ms_per_token"}) EXPECT_TRUE(out["timings"][key].is_number()) << key;
+  for (const char* key : {"family", "params", "weight_bytes", "kv_bytes_per_token"})
+    EXPECT_TRUE(out["model"].contains(key)) << key;
+
+  const auto written = *SafetensorsFile::open(logits_path);
+  const auto reference = *SafetensorsFile::open(kGolden / name / "expected.safetensors");
+  const TensorView got = *written.tensor("logits"), want = *reference.tensor("logits");
+  ASSERT_EQ(got.shape, want.shape);
+  ASSERT_EQ(got.dtype, DType::kF32);
+  float max_error = 0;
+  for (int64_t i = 0; i < got.numel(); ++i)
+    max_error = std::max(max_error, std::fabs(got.as<float>()[i] - want.as<float>()[i]));
+  EXPECT_LE(max_error, 1e-4f);
+}
+
+INSTANTIATE_TEST_SUITE_P(Fixtures, CliGolden, ::testing::Values("gpt2-tiny", "llama-tiny"));
+
+// One line on stderr, non-zero exit, no signal, no stack trace; the line says `expect`.
+void expect_clean_failure(const std::string& args, const std::string& expect) {
+  const CommandResult r = run_djinn(args);
+  EXPECT_FALSE(r.signaled) << args;
+  EXPECT_NE(r.exit_code, 0) << args;
+  EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << args << "\n" << r.err;
+  EXPECT_NE(r.err.find(expect), std::string::npos) << args << "\nstderr: " << r.err;
+  EXPECT_EQ(r.err.find("terminate"), std::string::npos) << r.err;
+}
+
+TEST(CliErrors, BadInputIsOneClearLine) {
+  const std::string llama = (kGolden / "llama-tiny").string();
+  expect_clean_failure("run --model /no/such/dir --prompt-ids 1,2", "does not exist");
+  expect_clean_failure("run --model not-a-preset --prompt-ids 1,2", "neither a model directory nor a preset");
+  expect_clean_failure("run --model " + llama + " --prompt-ids 1,512,3", "token id 512");
+  expect_clean_failure("run --model " + llama + " --prompt-ids 1,-4", "token id -4");
+  expect_clean_failure("run --model " + llama + " --prompt-ids 1,two,3", "'two'");
+  expect_clean_failure("run --model " + llama + " --prompt-len 120 --max-new-tokens 24", "exceeds the model's context");
+  expect_clean_failure("run --model " + llama + " --prompt-ids 1 --max-new-tokens 0", "--max-new-tokens");
+  expect_clean_failure("run --model " + llama + " --dtype f64", "f64");
+  expect_clean_failure("run --prompt-ids 1", "--model");
+  expect_clean_failure("frobnicate", "frobnicate");
+}
+
+TEST(CliErrors, BrokenCheckpointIsOneClearLine) {
+  const fs::path dir = scratch_dir() / "broken_model";
+  fs::create_directories(dir);
+  fs::copy_file(kGolden / "gpt2-tiny" / "config.json", dir / "config.json", fs::copy_options::overwrite_existing);
+  const std::string model = read_file(kGolden / "gpt2-tiny" / "model.safetensors");
+  std::ofstream(dir / "model.safetensors", std::ios::binary) << model.substr(0, model.size() / 2);  // truncated
+  expect_clean_failure("run --model " + dir.string() + " --prompt-ids 1,2", "model.safetensors");
+  std::ofstream(dir / "model.safetensors", std::ios::binary) << "garbage";
+  expect_clean_failure("run --model " + dir.string() + " --prompt-ids 1,2", "truncated");
+  fs::remove(dir / "model.safetensors");
+  expect_clean_failure("run --model " + dir.string() + " --prompt-ids 1,2", "model.safetensors");
+  std::ofstream(dir / "config.json") << "{\"model_type\": \"gpt2\"";
+  expect_clean_failure("run --model " + dir.string() + " --prompt-ids 1,2", "config.json");
+}
+
+TEST(CliBench, DecodePrintsJson) {
+  const CommandResult r = run_djinn("bench decode --model gpt2-tiny --prompt-len 8 --n-tokens 4 --repeats 1 --json");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const nlohmann::json out = nlohmann::json::parse(r.out);
+  EXPECT_GT(out["prefill_ms"].get<double>(), 0.0);
+  EXPECT_GT(out["decode_tokens_per_s"].get<double>(), 0.0);
+  EXPECT_EQ(out["samples"]["decode_step_ms"].size(), 4u);
+}
+
+TEST(CliRun, ReadableReportOnAPreset) {
+  const CommandResult r = run_djinn("run --model llama-tiny --prompt-len 5 --max-new-tokens 3");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.out.find("generated (  3 tokens)"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("decode"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace djinn

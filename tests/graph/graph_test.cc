@@ -1,0 +1,113 @@
+#include "djinn/graph/graph.h"
+
+#include <gtest/gtest.h>
+
+#include "djinn/graph/shape_inference.h"
+#include "djinn/models/model_config.h"
+#include "djinn/models/model_graph.h"
+
+namespace djinn {
+namespace {
+
+TEST(OpTable, NamesArityAndTraitsRoundTrip) {
+  for (int i = 0; i < kNumOps; ++i) {
+    const auto op = static_cast<OpKind>(i);
+    EXPECT_EQ(parse_op(op_name(op)), op);
+    EXPECT_GE(op_arity(op), 1);
+  }
+  EXPECT_FALSE(parse_op("conv2d").has_value());
+  EXPECT_TRUE(op_has_trait(OpKind::kKvAppend, kWritesKv));
+  EXPECT_TRUE(op_has_trait(OpKind::kAttention, kReadsKv));
+  EXPECT_FALSE(op_has_trait(OpKind::kMatMul, kElementwise));
+}
+
+TEST(ShapeInference, MatmulBothWeightLayouts) {
+  const ValueType x{DType::kF32, {Symbol::kSeq, 64}};
+  const ValueType conv1d{DType::kF16, {64, 192}};
+  const ValueType linear{DType::kF16, {192, 64}};
+  Result<ValueType> a = infer_output_type(OpKind::kMatMul, {}, std::vector{x, conv1d});
+  ASSERT_TRUE(a.ok()) << a.status().to_string();
+  EXPECT_EQ(a->shape, (SymShape{Symbol::kSeq, 192}));
+  Result<ValueType> b = infer_output_type(OpKind::kMatMul, OpAttrs{.transpose_b = true}, std::vector{x, linear});
+  ASSERT_TRUE(b.ok());
+  EXPECT_EQ(b->shape, (SymShape{Symbol::kSeq, 192}));
+  Result<ValueType> bad = infer_output_type(OpKind::kMatMul, {}, std::vector{x, linear});
+  ASSERT_FALSE(bad.ok());
+  EXPECT_NE(bad.status().message().find("inner dimensions"), std::string::npos);
+}
+
+TEST(ShapeInference, RejectsMismatchedInputs) {
+  const ValueType m{DType::kF32, {4, 8}};
+  const ValueType ids{DType::kI64, {4}};
+  EXPECT_FALSE(infer_output_type(OpKind::kEmbedding, {}, std::vector{m, ids}).ok());  // ids must be i32
+  EXPECT_FALSE(infer_output_type(OpKind::kAdd, {}, std::vector{m}).ok());           // arity
+  EXPECT_FALSE(infer_output_type(OpKind::kSlice, OpAttrs{.start = 6, .length = 4}, std::vector{m}).ok());
+  EXPECT_FALSE(infer_output_type(OpKind::kLayerNorm, {}, std::vector{m, ValueType{DType::kF32, {8}},
+                                                                    ValueType{DType::kF32, {8}}})
+                   .ok());  // eps 0
+  OpAttrs heads{.n_heads = 3, .n_kv_heads = 2, .head_dim = 4};
+  const ValueType q{DType::kF32, {1, 12}}, cache{DType::kF32, {16, 8}};
+  EXPECT_FALSE(infer_output_type(OpKind::kAttention, heads, std::vector{q, cache, cache}).ok());  // 3 % 2 != 0
+}
+
+TEST(Graph, NodesAreOrderedAndLifetimesPropagate) {
+  Graph g(Phase::kDecode);
+  const ValueId w = g.add_weight("w", DType::kF32, {8, 8});
+  const ValueId kv = g.add_kv("kv.0.k", DType::kF32, {16, 8});
+  const ValueId x = g.add_io_input("x", DType::kF32, {1, 8});
+  const ValueId y = g.add_node(OpKind::kMatMul, {x, w});
+  const ValueId appended = g.add_node(OpKind::kKvAppend, {kv, y});
+  g.mark_output(appended);
+  EXPECT_EQ(g.value(y).lifetime, LifetimeClass::kActivation);
+  EXPECT_EQ(g.value(appended).lifetime, LifetimeClass::kKv);  // aliases the cache
+  EXPECT_EQ(g.value(w).lifetime, LifetimeClass::kWeight);
+  EXPECT_EQ(g.value(x).lifetime, LifetimeClass::kIo);
+  EXPECT_EQ(g.value(y).producer, 0);
+  EXPECT_EQ(g.nodes().size(), 2u);
+  EXPECT_FALSE(g.try_add_node(OpKind::kAdd, {x, 42}).ok());  // no such value
+  EXPECT_THROW(g.add_node(OpKind::kAdd, {x, kv}), CheckError);
+}
+
+TEST(Graph, StructuralHashIgnoresNamesButSeesStructure) {
+  auto make = [](const char* name, int64_t width, Phase phase) {
+    Graph g(phase);
+    const ValueId a = g.add_io_input(name, DType::kF32, {Symbol::kSeq, width});
+    g.mark_output(g.add_node(OpKind::kGeluNew, {a}));
+    return g.structural_hash();
+  };
+  EXPECT_EQ(make("a", 8, Phase::kPrefill), make("b", 8, Phase::kPrefill));
+  EXPECT_NE(make("a", 8, Phase::kPrefill), make("a", 9, Phase::kPrefill));
+  EXPECT_NE(make("a", 8, Phase::kPrefill), make("a", 8, Phase::kDecode));
+}
+
+TEST(ModelGraph, PhasesShareWeightsAndDifferInRows) {
+  const ModelConfig config = *preset_config("llama-tiny");
+  const ModelGraph prefill = build_model_graph(config, {.phase = Phase::kPrefill, .kv_capacity = 64});
+  const ModelGraph decode = build_model_graph(config, {.phase = Phase::kDecode, .kv_capacity = 64});
+  ASSERT_EQ(prefill.weights.size(), decode.weights.size());
+  for (size_t i = 0; i < prefill.weights.size(); ++i) EXPECT_EQ(prefill.weights[i].name, decode.weights[i].name);
+  EXPECT_EQ(prefill.graph.kv_values().size(), 2u * static_cast<size_t>(config.n_layers));
+  EXPECT_EQ(prefill.graph.value(prefill.token_ids).type.shape, (SymShape{Symbol::kSeq}));
+  EXPECT_EQ(decode.graph.value(decode.token_ids).type.shape, (SymShape{1}));
+  EXPECT_EQ(decode.graph.value(decode.logits).type.shape, (SymShape{1, config.vocab_size}));
+  EXPECT_NE(prefill.graph.structural_hash(), decode.graph.structural_hash());
+  // Rebuilding gives the same hash: the plan cache can key on it.
+  EXPECT_EQ(decode.graph.structural_hash(),
+            build_model_graph(config, {.phase = Phase::kDecode, .kv_capacity = 64}).graph.structural_hash());
+}
+
+TEST(ModelGraph, TiedEmbeddingsDeclareNoLmHead) {
+  ModelConfig llama = *preset_config("llama-tiny");
+  auto has_lm_head = [](const ModelConfig& c) {
+    for (const WeightSpec& w : model_weight_specs(c))
+      if (w.name == "lm_head.weight") return true;
+    return false;
+  };
+  EXPECT_TRUE(has_lm_head(llama));
+  llama.tie_embeddings = true;
+  EXPECT_FALSE(has_lm_head(llama));
+  EXPECT_FALSE(has_lm_head(*preset_config("gpt2-tiny")));
+}
+
+}  // namespace
+}  // namespace djinn
