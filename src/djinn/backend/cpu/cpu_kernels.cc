@@ -40,6 +40,10 @@ Status embedding(const TensorView& table, const TensorView& ids, const TensorVie
 Status matmul(const TensorView& x, const TensorView& w, bool transpose_b, const TensorView& out) {
   const int64_t m = x.dim(0), k = x.dim(1), n = out.dim(1);
   if (m == 0) return {};
+  if (k == 0) {  // BLAS rejects zero leading dimensions; the product of empty sums is zero
+    std::fill_n(out.as<float>(), m * n, 0.0f);
+    return {};
+  }
   const float* w_f32 = w.as<const float>();
   std::vector<float> widened;
   if (w.dtype != DType::kF32) {
@@ -204,7 +208,8 @@ Status slice(const TensorView& x, int64_t start, int64_t length, const TensorVie
 
 Status kv_append(const TensorView& cache, const TensorView& fresh, int64_t past) {
   const int64_t capacity = cache.dim(0), width = cache.dim(1), seq = fresh.dim(0);
-  if (past < 0 || past + seq > capacity)
+  if (past < 0) return out_of_range(fmt::format("kv_append at negative position {}", past));
+  if (past + seq > capacity)
     return out_of_range(fmt::format("kv cache full: {} tokens cached + {} new > capacity {}", past, seq, capacity));
   for (int64_t r = 0; r < seq; ++r)
     convert_from_f32(fresh.as<const float>() + r * width, static_cast<size_t>(width), cache.dtype,
@@ -218,6 +223,7 @@ Status attention(const TensorView& q, const TensorView& k_cache, const TensorVie
   const int64_t n_heads = attrs.n_heads, head_dim = attrs.head_dim;
   const int64_t group = attrs.n_heads / attrs.n_kv_heads;  // query heads per KV head
   const int64_t total = past + seq;
+  if (past < 0) return out_of_range(fmt::format("attention at negative position {}", past));
   if (total > capacity)
     return out_of_range(fmt::format("attention over {} positions exceeds the kv capacity {}", total, capacity));
   std::vector<float> scores(static_cast<size_t>(total));
