@@ -36,6 +36,8 @@ class Backend {
   // Raw memory on this backend's device; `alignment` is a power of two.
   virtual void* allocate(size_t bytes, size_t alignment) = 0;
   virtual void deallocate(void* pointer) = 0;
+  // Memory the device could still give (CPU: the kernel's MemAvailable), bytes.
+  virtual size_t free_memory_bytes() const = 0;
 };
 
 // Returns the backend for `device`, or an error if it is not built or has no device.

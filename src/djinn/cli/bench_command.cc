@@ -43,8 +43,10 @@ Status bench_decode(const DecodeBenchOptions& options) {
   // Repeat the whole prefill + decode on fresh sessions; the first run is a warm-up.
   std::vector<double> prefill_ms, step_ms;
   for (int64_t repeat = 0; repeat <= options.repeats; ++repeat) {
-    DJINN_ASSIGN_OR_RETURN(auto session, InferenceSession::create(loaded.model, *loaded.backend, context));
-    DJINN_ASSIGN_OR_RETURN(GenerateResult result, session->generate(prompt, options.n_tokens + 1));
+    DJINN_ASSIGN_OR_RETURN(SessionId session, loaded.runtime->open_session(loaded.id, context));
+    Result<GenerateResult> generated = loaded.runtime->generate(session, prompt, options.n_tokens + 1);
+    DJINN_RETURN_IF_ERROR(loaded.runtime->close_session(session));
+    DJINN_ASSIGN_OR_RETURN(GenerateResult result, std::move(generated));
     if (repeat == 0) continue;
     prefill_ms.push_back(result.prefill_ms);
     step_ms.insert(step_ms.end(), result.decode_step_ms.begin(), result.decode_step_ms.end());
@@ -57,7 +59,7 @@ Status bench_decode(const DecodeBenchOptions& options) {
   nlohmann::json out = {
       {"benchmark", "decode"},
       {"machine", to_json(machine_info())},
-      {"device", device_name(loaded.backend->device())},
+      {"device", device_name(loaded.runtime->backend().device())},
       {"model",
        {{"name", config.name},
         {"family", family_name(config.family)},
@@ -80,7 +82,7 @@ Status bench_decode(const DecodeBenchOptions& options) {
     return {};
   }
   fmt::print("bench decode: {} {} on {} ({})\n", config.name, dtype_name(loaded.model->dtype()),
-             device_name(loaded.backend->device()), machine_info().cpu_model);
+             device_name(loaded.runtime->backend().device()), machine_info().cpu_model);
   fmt::print("  prefill {} tokens: {:.2f} ms p50 ({:.0f} tokens/s)\n", options.prompt_len, prefill_p50,
              static_cast<double>(options.prompt_len) / (prefill_p50 / 1e3));
   fmt::print("  decode: {:.3f} ms/token mean, {:.3f} p50, {:.3f} p99 ({:.1f} tokens/s) over {} steps\n", step_mean,

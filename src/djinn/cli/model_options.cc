@@ -14,16 +14,27 @@ void add_model_options(CLI::App& command, ModelOptions& options) {
   command.add_option("--dtype", options.dtype, "storage dtype of weights and KV cache")
       ->check(CLI::IsMember({"f32", "f16", "bf16"}));
   command.add_option("--seed", options.seed, "seed of preset weights and random prompts");
+  command.add_option("--device-mem-gb", options.device_mem_gb, "cap on the device memory the VMU manages, GiB")
+      ->check(CLI::PositiveNumber);
+  command.add_option("--arena-mb", options.arena_mb, "session arena size, MiB (default: the session's KV need)")
+      ->check(CLI::PositiveNumber);
 }
 
 Result<LoadedModel> load_model(const ModelOptions& options) {
   LoadedModel loaded;
-  const DeviceKind device = options.device == "cuda" ? DeviceKind::kCuda : DeviceKind::kCpu;
-  DJINN_ASSIGN_OR_RETURN(loaded.backend, make_backend(device));
+  RuntimeOptions runtime_options;
+  runtime_options.device = options.device == "cuda" ? DeviceKind::kCuda : DeviceKind::kCpu;
+  runtime_options.device_mem_gb = options.device_mem_gb;
+  runtime_options.arena_mb = options.arena_mb;
+  DJINN_ASSIGN_OR_RETURN(loaded.runtime, Runtime::create(runtime_options));
   const auto dtype = parse_dtype(options.dtype);
   if (!dtype) return invalid_argument(fmt::format("unknown dtype '{}'", options.dtype));
   const auto start = std::chrono::steady_clock::now();
-  DJINN_ASSIGN_OR_RETURN(loaded.model, Model::load(options.model, LoadOptions{*dtype, options.seed}));
+  LoadOptions load_options;
+  load_options.dtype = *dtype;
+  load_options.seed = options.seed;
+  DJINN_ASSIGN_OR_RETURN(loaded.id, loaded.runtime->load_model(options.model, load_options));
+  DJINN_ASSIGN_OR_RETURN(loaded.model, loaded.runtime->model(loaded.id));
   loaded.load_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
   return loaded;
 }

@@ -1,5 +1,6 @@
 // Options shared by every subcommand that loads a model (--model, --device, --dtype,
-// --seed) and the code that turns them into a backend and a loaded model.
+// --seed, --device-mem-gb, --arena-mb) and the code that turns them into a Runtime
+// with the model loaded.
 #pragma once
 
 #include <CLI/CLI.hpp>
@@ -9,6 +10,7 @@
 #include "djinn/backend/backend.h"
 #include "djinn/core/status.h"
 #include "djinn/models/model.h"
+#include "djinn/runtime/runtime.h"
 
 namespace djinn::cli {
 
@@ -17,12 +19,15 @@ struct ModelOptions {
   std::string device = "cpu";
   std::string dtype = "f32";
   uint64_t seed = 0;
+  double device_mem_gb = 0;  // VMU cap; 0: free memory minus a reserve
+  double arena_mb = 0;       // session arena; 0: GENIE_VMU_SESSION_ARENA_MB or the session's need
 };
 
 void add_model_options(CLI::App& command, ModelOptions& options);
 
 struct LoadedModel {
-  std::unique_ptr<Backend> backend;
+  std::unique_ptr<Runtime> runtime;
+  ModelId id = 0;
   std::shared_ptr<const Model> model;
   double load_ms = 0.0;
 };

@@ -25,8 +25,10 @@ struct RunOptions {
 
 Status write_logits(const LoadedModel& loaded, const std::vector<int32_t>& tokens, const std::string& path) {
   const auto total = static_cast<int64_t>(tokens.size());
-  DJINN_ASSIGN_OR_RETURN(auto session, InferenceSession::create(loaded.model, *loaded.backend, total));
-  DJINN_ASSIGN_OR_RETURN(ForwardResult forward, session->forward(tokens, /*all_logits=*/true));
+  DJINN_ASSIGN_OR_RETURN(SessionId session, loaded.runtime->open_session(loaded.id, total));
+  Result<ForwardResult> forward_result = loaded.runtime->forward(session, tokens, /*all_logits=*/true);
+  DJINN_RETURN_IF_ERROR(loaded.runtime->close_session(session));
+  DJINN_ASSIGN_OR_RETURN(ForwardResult forward, std::move(forward_result));
   const TensorView logits = TensorView::contiguous(forward.logits.data(), {1, total, loaded.model->config().vocab_size},
                                                    DType::kF32, LifetimeClass::kIo);
   return write_safetensors(path, {{"logits", logits}});
@@ -59,8 +61,10 @@ Status run(const RunOptions& options) {
     return out_of_range(fmt::format("prompt of {} tokens + {} new tokens = {} exceeds the model's context of {} tokens",
                                     prompt.size(), options.max_new_tokens, context, config.max_positions));
 
-  DJINN_ASSIGN_OR_RETURN(auto session, InferenceSession::create(loaded.model, *loaded.backend, context));
-  DJINN_ASSIGN_OR_RETURN(GenerateResult generated, session->generate(prompt, options.max_new_tokens));
+  DJINN_ASSIGN_OR_RETURN(SessionId session, loaded.runtime->open_session(loaded.id, context));
+  DJINN_ASSIGN_OR_RETURN(GenerateResult generated, loaded.runtime->generate(session, prompt, options.max_new_tokens));
+  const nlohmann::json stats_after_generate = loaded.runtime->stats_json();
+  DJINN_RETURN_IF_ERROR(loaded.runtime->close_session(session));
 
   std::vector<int32_t> all_ids = prompt;
   all_ids.insert(all_ids.end(), generated.new_tokens.begin(), generated.new_tokens.end());
@@ -82,7 +86,9 @@ Status run(const RunOptions& options) {
           {"params", model.param_count()},
           {"weight_bytes", model.weight_bytes()},
           {"kv_bytes_per_token", model.kv_bytes_per_token()}}},
-        {"device", device_name(loaded.backend->device())},
+        {"device", device_name(loaded.runtime->backend().device())},
+        {"vmu", stats_after_generate["vmu"]},
+        {"plan_cache", stats_after_generate["plan_cache"]},
     };
     if (!options.logits_out.empty()) out["logits_out"] = options.logits_out;
     std::cout << out.dump(2) << '\n';
@@ -91,7 +97,7 @@ Status run(const RunOptions& options) {
   fmt::print("djinn run: {} ({}, {:.2f} M params, {} weights in {}, KV {} per token) on {}, loaded in {:.1f} ms\n",
              config.name, family_name(config.family), static_cast<double>(model.param_count()) / 1e6,
              human_bytes(static_cast<double>(model.weight_bytes())), dtype_name(model.dtype()),
-             human_bytes(static_cast<double>(model.kv_bytes_per_token())), device_name(loaded.backend->device()),
+             human_bytes(static_cast<double>(model.kv_bytes_per_token())), device_name(loaded.runtime->backend().device()),
              loaded.load_ms);
   fmt::print("  prompt    ({:3} tokens): {}\n", prompt.size(), fmt::join(prompt, " "));
   fmt::print("  generated ({:3} tokens): {}\n", generated.new_tokens.size(), fmt::join(generated.new_tokens, " "));
@@ -99,6 +105,14 @@ Status run(const RunOptions& options) {
   fmt::print("  prefill {:.2f} ms ({:.0f} tokens/s)   decode {:.3f} ms/token ({:.0f} tokens/s)\n", generated.prefill_ms,
              static_cast<double>(prompt.size()) / (generated.prefill_ms / 1e3), decode_ms,
              decode_ms > 0 ? 1e3 / decode_ms : 0.0);
+  const nlohmann::json& plans = stats_after_generate["plan_cache"];
+  const nlohmann::json& vmu = stats_after_generate["vmu"];
+  fmt::print("  plan cache: {} hits, {} misses ({:.1f} % hit rate), {:.0f} us spent planning\n", plans["hits"].get<uint64_t>(),
+             plans["misses"].get<uint64_t>(), 100.0 * plans["hit_rate"].get<double>(), plans["build_us_total"].get<double>());
+  fmt::print("  vmu: text {} | data arena {} ({} used) | stack peak {} | capacity {}\n",
+             human_bytes(vmu["text"]["used"].get<double>()), human_bytes(vmu["data"]["arena_bytes"].get<double>()),
+             human_bytes(vmu["data"]["peak"].get<double>()), human_bytes(vmu["stack"]["peak"].get<double>()),
+             human_bytes(vmu["capacity"].get<double>()));
   if (!options.logits_out.empty()) fmt::print("  logits [1, {}, {}] written to {}\n", all_ids.size(), config.vocab_size, options.logits_out);
   return {};
 }

@@ -9,6 +9,7 @@
 #pragma once
 
 #include <cstddef>
+#include <cstring>
 #include <vector>
 
 #include "djinn/core/check.h"
@@ -54,6 +55,24 @@ struct TensorView {
   std::byte* row_ptr(int64_t row) const {
     DJINN_ASSERT(rank() >= 1);
     return static_cast<std::byte*>(data) + static_cast<size_t>(row * strides[0]) * dtype_size(dtype);
+  }
+};
+
+// HostTensor: an owning host copy (results handed back to callers and over the wire).
+struct HostTensor {
+  DType dtype = DType::kF32;
+  Shape shape;
+  std::vector<std::byte> bytes;
+
+  static HostTensor copy_of(const TensorView& view) {
+    HostTensor t{view.dtype, view.shape, std::vector<std::byte>(view.nbytes())};
+    if (!t.bytes.empty()) std::memcpy(t.bytes.data(), view.data, t.bytes.size());
+    return t;
+  }
+  TensorView view() { return TensorView::contiguous(bytes.data(), shape, dtype, LifetimeClass::kIo); }
+  template <typename T>
+  const T* as() const {
+    return reinterpret_cast<const T*>(bytes.data());
   }
 };
 

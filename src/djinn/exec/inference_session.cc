@@ -37,11 +37,56 @@ Result<std::unique_ptr<InferenceSession>> InferenceSession::create(std::shared_p
   return session;
 }
 
+Result<std::unique_ptr<InferenceSession>> InferenceSession::create_planned(std::shared_ptr<const Model> model,
+                                                                           Backend& backend, int64_t capacity,
+                                                                           PlannedResources resources) {
+  DJINN_CHECK(resources.arena != nullptr && resources.stack != nullptr && resources.plans != nullptr,
+              "create_planned needs an arena, a stack and a plan cache");
+  const ModelConfig& config = model->config();
+  if (capacity <= 0 || capacity > config.max_positions)
+    return out_of_range(fmt::format("a session of {} tokens does not fit model {} (max context {} tokens)", capacity,
+                                    config.name, config.max_positions));
+  std::unique_ptr<InferenceSession> session(new InferenceSession(std::move(model), backend, capacity));
+  session->resources_ = std::move(resources);
+  const Shape shape{capacity, config.n_kv_heads * config.head_dim};
+  for (int64_t slot = 0; slot < 2 * config.n_layers; ++slot) {
+    TensorView view = TensorView::contiguous(nullptr, shape, session->model_->dtype(), LifetimeClass::kKv);
+    DJINN_ASSIGN_OR_RETURN(std::byte * data,
+                           session->resources_.arena->allocate(view.nbytes(), kKvAlignment, fmt::format("KV slot {}", slot)));
+    view.data = data;
+    session->kv_.push_back(std::move(view));
+  }
+  return session;
+}
+
 InferenceSession::InferenceSession(std::shared_ptr<const Model> model, Backend& backend, int64_t capacity)
-    : model_(std::move(model)), backend_(backend), interpreter_(backend), capacity_(capacity) {}
+    : model_(std::move(model)), backend_(backend), interpreter_(backend), executor_(backend), capacity_(capacity) {}
 
 InferenceSession::~InferenceSession() {
-  for (TensorView& view : kv_) backend_.deallocate(view.data);
+  frame_.pop();
+  if (resources_.arena == nullptr)
+    for (TensorView& view : kv_) backend_.deallocate(view.data);
+}
+
+Result<std::vector<TensorView>> InferenceSession::run_step(const ModelGraph& graph, const GraphBindings& bindings,
+                                                           ForwardResult& timing) {
+  using Clock = std::chrono::steady_clock;
+  if (resources_.arena == nullptr) {
+    const auto start = Clock::now();
+    Result<std::vector<TensorView>> outputs = interpreter_.run(graph.graph, bindings);
+    timing.compute_us = std::chrono::duration<double, std::micro>(Clock::now() - start).count();
+    return outputs;
+  }
+  frame_.pop();  // a step that failed may have left its frame open
+  const auto start = Clock::now();
+  DJINN_ASSIGN_OR_RETURN(std::shared_ptr<const Plan> plan, resources_.plans->get(graph.graph, bindings.symbols));
+  DJINN_ASSIGN_OR_RETURN(frame_, resources_.stack->push(plan->stack_peak_bytes, model_->config().name));
+  DJINN_RETURN_IF_ERROR(executor_.bind(std::move(plan), bindings, frame_.base()));
+  const auto bound = Clock::now();
+  Result<std::vector<TensorView>> outputs = executor_.execute();
+  timing.dispatch_us = std::chrono::duration<double, std::micro>(bound - start).count();
+  timing.compute_us = std::chrono::duration<double, std::micro>(Clock::now() - bound).count();
+  return outputs;
 }
 
 size_t InferenceSession::kv_bytes() const {
@@ -94,14 +139,15 @@ Result<ForwardResult> InferenceSession::forward(std::span<const int32_t> tokens,
   const TensorView io[] = {TensorView::contiguous(ids.data(), {n}, DType::kI32, LifetimeClass::kIo),
                            TensorView::contiguous(positions.data(), {n}, DType::kI32, LifetimeClass::kIo)};
   GraphBindings bindings{step.weights, kv_, io, SymbolBindings{.seq = n, .past = length_}};
-  DJINN_ASSIGN_OR_RETURN(std::vector<TensorView> outputs, interpreter_.run(step.model_graph.graph, bindings));
+  ForwardResult result;
+  DJINN_ASSIGN_OR_RETURN(std::vector<TensorView> outputs, run_step(step.model_graph, bindings, result));
   length_ += n;
 
-  ForwardResult result;
   const TensorView& logits = outputs[0];
   result.rows = logits.dim(0);
   result.logits.assign(logits.as<const float>(), logits.as<const float>() + logits.numel());
   result.next_token = outputs[1].as<const int32_t>()[0];
+  frame_.pop();  // planned: the step's activations die with the step
   return result;
 }
 

@@ -5,6 +5,13 @@
 // for V, in the model's dtype, in the graph's KV slot order. `length()` tokens are
 // cached; a forward of n tokens fills rows [length, length + n).
 //
+// Two ways to run a step, the same kernels in the same order (bit-identical):
+//  - direct (create): the Interpreter, KV and activations in plain backend memory —
+//    the reference;
+//  - planned (create_planned): KV in the session's arena (VMU Data segment),
+//    activations in a frame of the VMU Stack, the step from the PlanCache, run by the
+//    Executor. The Runtime makes these.
+//
 // Threads: one call at a time per session; sessions of one model may run on
 // different threads if each has its own Backend.
 #pragma once
@@ -16,8 +23,12 @@
 
 #include "djinn/backend/backend.h"
 #include "djinn/core/status.h"
+#include "djinn/exec/executor.h"
 #include "djinn/exec/interpreter.h"
+#include "djinn/meta/plan_cache.h"
 #include "djinn/models/model.h"
+#include "djinn/vmu/data_segment.h"
+#include "djinn/vmu/stack_segment.h"
 
 namespace djinn {
 
@@ -25,6 +36,16 @@ struct ForwardResult {
   std::vector<float> logits;  // [rows, vocab] row-major; rows = tokens (all_logits) or 1
   int64_t rows = 0;
   int32_t next_token = -1;    // greedy choice after the last token
+  double dispatch_us = 0;     // planned: plan lookup (+ build on a miss) + binding pointers
+  double compute_us = 0;      // kernels
+};
+
+// Where a planned session's memory and plans come from (all owned elsewhere except
+// the arena, which the session takes).
+struct PlannedResources {
+  std::unique_ptr<SessionArena> arena;
+  StackSegment* stack = nullptr;
+  PlanCache* plans = nullptr;
 };
 
 struct GenerateResult {
@@ -40,6 +61,9 @@ class InferenceSession {
   // at most the model's max_positions.
   static Result<std::unique_ptr<InferenceSession>> create(std::shared_ptr<const Model> model, Backend& backend,
                                                           int64_t capacity);
+  // KV tensors are bump-allocated in `resources.arena`; out-of-memory if it is too small.
+  static Result<std::unique_ptr<InferenceSession>> create_planned(std::shared_ptr<const Model> model, Backend& backend,
+                                                                  int64_t capacity, PlannedResources resources);
   ~InferenceSession();
 
   // Runs `tokens` at positions [length, length + n) and appends their K/V.
@@ -50,6 +74,9 @@ class InferenceSession {
   int64_t length() const { return length_; }
   int64_t capacity() const { return capacity_; }
   size_t kv_bytes() const;
+  // The KV tensors, slot order (layer 0 K, layer 0 V, ...).
+  const std::vector<TensorView>& kv() const { return kv_; }
+  const SessionArena* arena() const { return resources_.arena.get(); }
   const Model& model() const { return *model_; }
   // The step graph for (phase, all_logits), built on first use.
   const ModelGraph& step_graph(Phase phase, bool all_logits);
@@ -64,8 +91,14 @@ class InferenceSession {
   };
 
   std::shared_ptr<const Model> model_;
+  Result<std::vector<TensorView>> run_step(const ModelGraph& graph, const GraphBindings& bindings,
+                                           ForwardResult& timing);
+
   Backend& backend_;
   Interpreter interpreter_;
+  Executor executor_;
+  PlannedResources resources_;  // empty in direct mode
+  StackFrame frame_;            // planned: the running step's frame, popped when forward() returns
   int64_t capacity_;
   int64_t length_ = 0;
   std::vector<TensorView> kv_;  // slot order

@@ -19,6 +19,7 @@ const char* phase_name(Phase phase) {
 ValueId Graph::add_input(std::string name, DType dtype, SymShape shape, LifetimeClass lifetime,
                          std::vector<ValueId>& table) {
   const auto id = static_cast<ValueId>(values_.size());
+  hash_cache_.reset();
   values_.push_back(Value{std::move(name), ValueType{dtype, std::move(shape)}, lifetime, -1});
   table.push_back(id);
   return id;
@@ -50,6 +51,7 @@ Result<ValueId> Graph::try_add_node(OpKind op, std::vector<ValueId> inputs, cons
   const LifetimeClass lifetime =
       op_has_trait(op, kAliasesInput0) ? values_[static_cast<size_t>(inputs[0])].lifetime : LifetimeClass::kActivation;
   if (name.empty()) name = fmt::format("%{}", out);
+  hash_cache_.reset();
   values_.push_back(Value{std::move(name), std::move(out_type), lifetime, node_index});
   nodes_.push_back(Node{op, std::move(inputs), out, attrs});
   return out;
@@ -63,6 +65,7 @@ ValueId Graph::add_node(OpKind op, std::vector<ValueId> inputs, const OpAttrs& a
 
 void Graph::mark_output(ValueId value) {
   DJINN_CHECK(value >= 0 && static_cast<size_t>(value) < values_.size(), "mark_output: no value {}", value);
+  hash_cache_.reset();
   outputs_.push_back(value);
 }
 
@@ -97,7 +100,17 @@ void hash_type(Hasher& h, const ValueType& t) {
 }
 }  // namespace
 
+bool Graph::activations_depend_on_past() const {
+  for (const Value& v : values_) {
+    if (v.lifetime != LifetimeClass::kActivation) continue;
+    for (const Dim& d : v.type.shape.dims)
+      if (d.symbol == Symbol::kPast || d.symbol == Symbol::kTotal) return true;
+  }
+  return false;
+}
+
 uint64_t Graph::structural_hash() const {
+  if (hash_cache_) return *hash_cache_;
   Hasher h;
   h.pod(static_cast<uint8_t>(phase_));
   h.pod(static_cast<uint32_t>(values_.size()));
@@ -122,7 +135,8 @@ uint64_t Graph::structural_hash() const {
     h.pod(a.rope_theta);
   }
   for (ValueId out : outputs_) h.pod(out);
-  return h.digest();
+  hash_cache_ = h.digest();
+  return *hash_cache_;
 }
 
 std::string Graph::to_string() const {

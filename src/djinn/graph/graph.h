@@ -13,6 +13,7 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -77,7 +78,10 @@ class Graph {
   // 64-bit hash of the structure: phase, every value's dtype / symbolic shape /
   // lifetime, every node's op / inputs / attributes, and the outputs. Names do not
   // count. Equal graphs built by the same builder hash equal across processes.
+  // Computed once and cached (adding nodes or inputs resets the cache).
   uint64_t structural_hash() const;
+  // Whether any activation's shape names past or total (then plans bucket on past too).
+  bool activations_depend_on_past() const;
 
   // Human-readable listing, one line per node.
   std::string to_string() const;
@@ -93,6 +97,7 @@ class Graph {
   std::vector<ValueId> kv_values_;
   std::vector<ValueId> io_inputs_;
   std::vector<ValueId> outputs_;
+  mutable std::optional<uint64_t> hash_cache_;
 };
 
 }  // namespace djinn

@@ -116,25 +116,29 @@ Result<TensorView> find_tensor(const std::vector<SafetensorsFile>& files, const 
 
 }  // namespace
 
-void Model::FreeDeleter::operator()(std::byte* p) const { std::free(p); }
-
 Model::Model(ModelConfig config, DType dtype, bool is_preset)
     : config_(std::move(config)), dtype_(dtype), is_preset_(is_preset) {}
 
-void Model::allocate(const std::vector<WeightSpec>& specs) {
+Status Model::allocate(const std::vector<WeightSpec>& specs, const WeightAllocator& allocator) {
   size_t total = 0;
   for (const WeightSpec& spec : specs)
     total += align_up(static_cast<size_t>(num_elements(spec.shape)) * dtype_size(dtype_), kWeightAlignment);
-  storage_.reset(static_cast<std::byte*>(std::aligned_alloc(kWeightAlignment, std::max<size_t>(total, kWeightAlignment))));
-  DJINN_CHECK(storage_ != nullptr, "cannot allocate {} bytes of weights for {}", total, config_.name);
+  if (allocator) {
+    DJINN_ASSIGN_OR_RETURN(storage_, allocator(total, config_.name));
+  } else {
+    void* data = std::aligned_alloc(kWeightAlignment, std::max<size_t>(total, kWeightAlignment));
+    if (data == nullptr) return out_of_memory(fmt::format("host memory: {} bytes of weights for {}", total, config_.name));
+    storage_ = WeightStorage{static_cast<std::byte*>(data), std::shared_ptr<void>(data, std::free)};
+  }
   size_t offset = 0;
   for (const WeightSpec& spec : specs) {
-    TensorView view = TensorView::contiguous(storage_.get() + offset, spec.shape, dtype_, LifetimeClass::kWeight);
+    TensorView view = TensorView::contiguous(storage_.data + offset, spec.shape, dtype_, LifetimeClass::kWeight);
     offset += align_up(view.nbytes(), kWeightAlignment);
     param_count_ += view.numel();
     weights_.emplace(spec.name, std::move(view));
   }
   weight_bytes_ = static_cast<size_t>(param_count_) * dtype_size(dtype_);
+  return {};
 }
 
 Result<TensorView> Model::weight(std::string_view name) const {
@@ -148,7 +152,7 @@ Result<std::shared_ptr<const Model>> Model::random(const ModelConfig& config, co
   if (!is_floating(options.dtype)) return invalid_argument(fmt::format("weights cannot be {}", dtype_name(options.dtype)));
   std::shared_ptr<Model> model(new Model(config, options.dtype, /*is_preset=*/true));
   const std::vector<WeightSpec> specs = model_weight_specs(config);
-  model->allocate(specs);
+  DJINN_RETURN_IF_ERROR(model->allocate(specs, options.allocator));
   for (const WeightSpec& spec : specs)
     fill_random(model->weights_.at(spec.name), spec.init, config.initializer_range, options.seed, spec.name);
   return std::shared_ptr<const Model>(std::move(model));
@@ -160,7 +164,7 @@ Result<std::shared_ptr<const Model>> Model::load_directory(const std::string& di
   DJINN_ASSIGN_OR_RETURN(std::vector<SafetensorsFile> files, open_checkpoint(dir));
   std::shared_ptr<Model> model(new Model(config, options.dtype, /*is_preset=*/false));
   const std::vector<WeightSpec> specs = model_weight_specs(config);
-  model->allocate(specs);
+  DJINN_RETURN_IF_ERROR(model->allocate(specs, options.allocator));
   std::vector<float> widened;
   for (const WeightSpec& spec : specs) {
     DJINN_ASSIGN_OR_RETURN(TensorView source, find_tensor(files, config, spec.name));

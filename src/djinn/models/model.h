@@ -2,12 +2,13 @@
 // (config.json + model.safetensors, or a sharded model.safetensors.index.json) or made
 // from a preset with deterministic random weights.
 //
-// Weights live in one contiguous allocation, converted to the model's dtype, each
-// 64-byte aligned; a Model is immutable once built and shared (read-only) by every
+// Weights live in one contiguous allocation (LoadOptions::allocator: the VMU's Text
+// segment under a Runtime), converted to the model's dtype, each 64-byte aligned; a Model is immutable once built and shared (read-only) by every
 // session that runs it.
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -20,9 +21,18 @@
 
 namespace djinn {
 
+// Memory for a model's weights: `data` holds the bytes asked for (64-byte aligned);
+// `keepalive` owns it (freeing it when the last copy goes, e.g. a Text extent).
+struct WeightStorage {
+  std::byte* data = nullptr;
+  std::shared_ptr<void> keepalive;
+};
+using WeightAllocator = std::function<Result<WeightStorage>(size_t bytes, const std::string& model_name)>;
+
 struct LoadOptions {
   DType dtype = DType::kF32;  // storage dtype of weights and KV cache
   uint64_t seed = 0;          // presets: random weights are a function of (seed, tensor name)
+  WeightAllocator allocator;  // where the weights live; empty: plain host memory
 };
 
 class Model {
@@ -44,17 +54,14 @@ class Model {
   size_t kv_bytes_per_token() const { return config_.kv_bytes_per_token(dtype_); }
 
  private:
-  struct FreeDeleter {
-    void operator()(std::byte* p) const;
-  };
   Model(ModelConfig config, DType dtype, bool is_preset);
   // Lays the specs out in one allocation; fills weights_ with views (contents unset).
-  void allocate(const std::vector<WeightSpec>& specs);
+  Status allocate(const std::vector<WeightSpec>& specs, const WeightAllocator& allocator);
 
   ModelConfig config_;
   DType dtype_;
   bool is_preset_;
-  std::unique_ptr<std::byte, FreeDeleter> storage_;
+  WeightStorage storage_;
   std::map<std::string, TensorView, std::less<>> weights_;
   int64_t param_count_ = 0;
   size_t weight_bytes_ = 0;

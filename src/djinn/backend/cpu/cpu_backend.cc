@@ -1,6 +1,9 @@
 #include "djinn/backend/cpu/cpu_backend.h"
 
 #include <cstdlib>
+#include <fstream>
+#include <sstream>
+#include <string>
 #include <new>
 
 #include "djinn/backend/cpu/cpu_kernels.h"
@@ -35,5 +38,17 @@ void* CpuBackend::allocate(size_t bytes, size_t alignment) {
 }
 
 void CpuBackend::deallocate(void* pointer) { std::free(pointer); }
+
+size_t CpuBackend::free_memory_bytes() const {
+  std::ifstream meminfo("/proc/meminfo");
+  for (std::string line; std::getline(meminfo, line);) {
+    if (line.rfind("MemAvailable:", 0) == 0) {
+      size_t kib = 0;
+      std::istringstream(line.substr(13)) >> kib;
+      return kib * 1024;
+    }
+  }
+  return 0;
+}
 
 }  // namespace djinn

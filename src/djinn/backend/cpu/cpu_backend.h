@@ -13,6 +13,7 @@ class CpuBackend final : public Backend {
                 const SymbolBindings& bindings) override;
   void* allocate(size_t bytes, size_t alignment) override;
   void deallocate(void* pointer) override;
+  size_t free_memory_bytes() const override;
 };
 
 }  // namespace djinn

@@ -1,0 +1,173 @@
+#include "djinn/runtime/runtime.h"
+
+#include <fmt/format.h>
+
+#include <cstdlib>
+
+namespace djinn {
+namespace {
+
+constexpr double kMiB = 1024.0 * 1024.0;
+constexpr double kGiB = 1024.0 * kMiB;
+
+// --arena-mb, else the environment variable of the original study, else 0 (per model).
+Result<size_t> configured_arena_bytes(double arena_mb) {
+  if (arena_mb > 0) return static_cast<size_t>(arena_mb * kMiB);
+  if (const char* env = std::getenv("GENIE_VMU_SESSION_ARENA_MB"); env != nullptr && *env != '\0') {
+    char* end = nullptr;
+    const double mb = std::strtod(env, &end);
+    if (end == env || *end != '\0' || !(mb > 0))
+      return invalid_argument(fmt::format("GENIE_VMU_SESSION_ARENA_MB='{}' is not a positive number of MiB", env));
+    return static_cast<size_t>(mb * kMiB);
+  }
+  return size_t{0};
+}
+
+}  // namespace
+
+Result<std::unique_ptr<Runtime>> Runtime::create(const RuntimeOptions& options) {
+  if (options.device_mem_gb < 0 || options.arena_mb < 0 || options.host_pool_gb < 0)
+    return invalid_argument("memory sizes must not be negative");
+  DJINN_ASSIGN_OR_RETURN(std::unique_ptr<Backend> backend, make_backend(options.device));
+  VmuOptions vmu_options;
+  vmu_options.capacity_bytes = static_cast<size_t>(options.device_mem_gb * kGiB);
+  DJINN_ASSIGN_OR_RETURN(vmu_options.arena_bytes, configured_arena_bytes(options.arena_mb));
+  vmu_options.host_pool_bytes = static_cast<size_t>(options.host_pool_gb * kGiB);
+  DJINN_ASSIGN_OR_RETURN(std::unique_ptr<Vmu> vmu, Vmu::create(*backend, vmu_options));
+  return std::unique_ptr<Runtime>(new Runtime(std::move(backend), std::move(vmu), options.plan_cache_entries));
+}
+
+Runtime::Runtime(std::unique_ptr<Backend> backend, std::unique_ptr<Vmu> vmu, size_t plan_cache_entries)
+    : backend_(std::move(backend)), vmu_(std::move(vmu)), plan_cache_(plan_cache_entries), graph_executor_(*backend_) {}
+
+Runtime::~Runtime() {
+  sessions_.clear();  // arenas and frames go back before the VMU does
+  models_.clear();
+}
+
+Result<ModelId> Runtime::load_model(const std::string& source, const LoadOptions& options) {
+  const std::string key = fmt::format("{}|{}|{}", source, dtype_name(options.dtype), options.seed);
+  for (auto& [id, loaded] : models_) {
+    if (loaded.key == key) {
+      ++loaded.refcount;
+      return id;
+    }
+  }
+  LoadOptions with_text = options;
+  with_text.allocator = [this](size_t bytes, const std::string& name) -> Result<WeightStorage> {
+    DJINN_ASSIGN_OR_RETURN(std::unique_ptr<TextAllocation> text, vmu_->text().append(bytes, name));
+    std::byte* data = text->data();
+    return WeightStorage{data, std::shared_ptr<void>(std::move(text))};
+  };
+  DJINN_ASSIGN_OR_RETURN(std::shared_ptr<const Model> model, Model::load(source, with_text));
+  const ModelId id = next_model_id_++;
+  models_.emplace(id, LoadedModel{key, std::move(model), 1});
+  return id;
+}
+
+Status Runtime::unload_model(ModelId id) {
+  auto it = models_.find(id);
+  if (it == models_.end()) return not_found(fmt::format("no model {}", id));
+  if (--it->second.refcount == 0) models_.erase(it);  // Text is freed when its last session closes too
+  return {};
+}
+
+Result<std::shared_ptr<const Model>> Runtime::model(ModelId id) const {
+  auto it = models_.find(id);
+  if (it == models_.end()) return not_found(fmt::format("no model {}", id));
+  return it->second.model;
+}
+
+Result<InferenceSession*> Runtime::session(SessionId id) {
+  auto it = sessions_.find(id);
+  if (it == sessions_.end()) return not_found(fmt::format("no session {}", id));
+  return it->second.get();
+}
+
+Result<SessionId> Runtime::open_session(ModelId model_id, int64_t max_context) {
+  DJINN_ASSIGN_OR_RETURN(std::shared_ptr<const Model> model, model(model_id));
+  const ModelConfig& config = model->config();
+  const size_t per_token = model->kv_bytes_per_token();
+  if (max_context < 0 || max_context > config.max_positions)
+    return out_of_range(fmt::format("max context {} is outside [1, {}] for model {}", max_context, config.max_positions,
+                                    config.name));
+  DataSegment& data = vmu_->data();
+  if (data.arena_bytes() == 0) {
+    // No size configured: this session's need sets it (KV bytes per token x its max context).
+    const int64_t context = max_context > 0 ? max_context : config.max_positions;
+    DJINN_RETURN_IF_ERROR(data.set_arena_bytes(static_cast<size_t>(context) * per_token));
+  }
+  const auto arena_tokens = static_cast<int64_t>(data.arena_bytes() / per_token);
+  const int64_t context = max_context > 0 ? max_context : std::min<int64_t>(arena_tokens, config.max_positions);
+  if (context > arena_tokens || context <= 0)
+    return out_of_memory(fmt::format("a session of {} tokens of {} needs {} of KV cache; the session arena is {}",
+                                     std::max<int64_t>(context, 1), config.name, format_bytes(static_cast<size_t>(std::max<int64_t>(context, 1)) * per_token),
+                                     format_bytes(data.arena_bytes())));
+  const SessionId id = next_session_id_;
+  DJINN_ASSIGN_OR_RETURN(std::unique_ptr<SessionArena> arena,
+                         data.open_arena(fmt::format("session {} ({})", id, config.name)));
+  DJINN_ASSIGN_OR_RETURN(std::unique_ptr<InferenceSession> session,
+                         InferenceSession::create_planned(model, *backend_, context,
+                                                          PlannedResources{std::move(arena), &vmu_->stack(), &plan_cache_}));
+  ++next_session_id_;
+  sessions_.emplace(id, std::move(session));
+  return id;
+}
+
+Status Runtime::close_session(SessionId id) {
+  if (sessions_.erase(id) == 0) return not_found(fmt::format("no session {}", id));
+  return {};
+}
+
+Result<ForwardResult> Runtime::forward(SessionId id, std::span<const int32_t> tokens, bool all_logits) {
+  DJINN_ASSIGN_OR_RETURN(InferenceSession * s, session(id));
+  return s->forward(tokens, all_logits);
+}
+
+Result<GenerateResult> Runtime::generate(SessionId id, std::span<const int32_t> prompt, int64_t max_new_tokens) {
+  DJINN_ASSIGN_OR_RETURN(InferenceSession * s, session(id));
+  return s->generate(prompt, max_new_tokens);
+}
+
+Result<std::vector<HostTensor>> Runtime::run_graph(const Graph& graph, std::span<const TensorView> inputs,
+                                                   const SymbolBindings& symbols) {
+  const size_t n_inputs = graph.weight_values().size() + graph.kv_values().size() + graph.io_inputs().size();
+  if (inputs.size() != n_inputs)
+    return invalid_argument(fmt::format("the graph has {} inputs, {} given", n_inputs, inputs.size()));
+  // Inputs come in value-id order; split them into the graph's three tables.
+  std::vector<TensorView> weights, kv, io;
+  size_t next = 0;
+  for (size_t v = 0; v < graph.values().size(); ++v) {
+    if (graph.values()[v].producer >= 0) continue;
+    const TensorView& view = inputs[next++];
+    switch (graph.values()[v].lifetime) {
+      case LifetimeClass::kWeight: weights.push_back(view); break;
+      case LifetimeClass::kKv: kv.push_back(view); break;
+      case LifetimeClass::kIo:
+      case LifetimeClass::kActivation: io.push_back(view); break;
+    }
+  }
+  DJINN_ASSIGN_OR_RETURN(std::shared_ptr<const Plan> plan, plan_cache_.get(graph, symbols));
+  DJINN_ASSIGN_OR_RETURN(StackFrame frame, vmu_->stack().push(plan->stack_peak_bytes, "run_graph"));
+  DJINN_RETURN_IF_ERROR(graph_executor_.bind(std::move(plan), GraphBindings{weights, kv, io, symbols}, frame.base()));
+  DJINN_ASSIGN_OR_RETURN(std::vector<TensorView> outputs, graph_executor_.execute());
+  std::vector<HostTensor> results;
+  for (const TensorView& out : outputs) results.push_back(HostTensor::copy_of(out));
+  return results;
+}
+
+nlohmann::json Runtime::stats_json() const {
+  nlohmann::json models = nlohmann::json::array();
+  for (const auto& [id, loaded] : models_)
+    models.push_back({{"id", id},
+                      {"name", loaded.model->config().name},
+                      {"refcount", loaded.refcount},
+                      {"weight_bytes", loaded.model->weight_bytes()}});
+  return {{"device", device_name(backend_->device())},
+          {"vmu", vmu_->stats_json()},
+          {"plan_cache", to_json(plan_cache_.stats())},
+          {"models", models},
+          {"sessions", sessions_.size()}};
+}
+
+}  // namespace djinn

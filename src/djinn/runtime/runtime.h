@@ -1,0 +1,87 @@
+// Runtime: the in-process API — one backend, its VMU, a plan cache, the loaded models
+// and the open sessions. It is the library use of djinn and the "native" baseline the
+// server's remote execution is compared with.
+//
+//  - load_model: weights go into the VMU's Text segment; loading the same model
+//    (source, dtype, seed) again returns the same id and costs no memory (refcounted).
+//  - open_session: the session's KV cache lives in its own Data-segment arena; the
+//    arena size is --arena-mb, else GENIE_VMU_SESSION_ARENA_MB, else the first
+//    session's need (KV bytes per token x its max context).
+//  - forward / generate: every step runs from the PlanCache, activations on the Stack.
+//  - run_graph: any small graph, e.g. one add, with inputs the caller gives.
+// Threads: not thread-safe; one caller (later: the scheduler thread) at a time.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "djinn/backend/backend.h"
+#include "djinn/exec/inference_session.h"
+#include "djinn/meta/plan_cache.h"
+#include "djinn/models/model.h"
+#include "djinn/vmu/vmu.h"
+
+namespace djinn {
+
+struct RuntimeOptions {
+  DeviceKind device = DeviceKind::kCpu;
+  double device_mem_gb = 0;  // VMU cap; 0: the device's free memory minus a reserve
+  double arena_mb = 0;       // session arena size; 0: GENIE_VMU_SESSION_ARENA_MB, else per model
+  double host_pool_gb = 0;   // swap space reserved in host memory
+  size_t plan_cache_entries = 64;
+};
+
+using ModelId = int64_t;
+using SessionId = int64_t;
+
+class Runtime {
+ public:
+  static Result<std::unique_ptr<Runtime>> create(const RuntimeOptions& options);
+  ~Runtime();
+
+  Result<ModelId> load_model(const std::string& source, const LoadOptions& options = {});
+  Status unload_model(ModelId model);
+  // `max_context` 0: as many tokens as the arena holds (at most the model's max).
+  Result<SessionId> open_session(ModelId model, int64_t max_context = 0);
+  Status close_session(SessionId session);
+
+  Result<ForwardResult> forward(SessionId session, std::span<const int32_t> tokens, bool all_logits = false);
+  Result<GenerateResult> generate(SessionId session, std::span<const int32_t> prompt, int64_t max_new_tokens);
+  // Runs `graph` through the plan cache. `inputs` has one view per graph input in
+  // value-id order (weights, kv and io alike; kv inputs are updated in place).
+  Result<std::vector<HostTensor>> run_graph(const Graph& graph, std::span<const TensorView> inputs,
+                                            const SymbolBindings& symbols);
+
+  Result<std::shared_ptr<const Model>> model(ModelId model) const;
+  Result<InferenceSession*> session(SessionId session);
+  Backend& backend() { return *backend_; }
+  Vmu& vmu() { return *vmu_; }
+  PlanCache& plan_cache() { return plan_cache_; }
+  size_t open_sessions() const { return sessions_.size(); }
+  // {"device", "vmu", "plan_cache", "models", "sessions"}.
+  nlohmann::json stats_json() const;
+
+ private:
+  struct LoadedModel {
+    std::string key;
+    std::shared_ptr<const Model> model;
+    int64_t refcount = 0;
+  };
+  Runtime(std::unique_ptr<Backend> backend, std::unique_ptr<Vmu> vmu, size_t plan_cache_entries);
+
+  std::unique_ptr<Backend> backend_;
+  std::unique_ptr<Vmu> vmu_;
+  PlanCache plan_cache_;
+  std::map<ModelId, LoadedModel> models_;
+  std::map<SessionId, std::unique_ptr<InferenceSession>> sessions_;
+  ModelId next_model_id_ = 1;
+  SessionId next_session_id_ = 1;
+  Executor graph_executor_;  // run_graph's
+};
+
+}  // namespace djinn

@@ -1,0 +1,98 @@
+#include "djinn/vmu/extent_allocator.h"
+
+#include <fmt/format.h>
+
+namespace djinn {
+
+ExtentAllocator::ExtentAllocator(size_t capacity, size_t alignment)
+    : capacity_(capacity / alignment * alignment), alignment_(alignment), free_bytes_(capacity_) {
+  DJINN_CHECK(alignment > 0 && (alignment & (alignment - 1)) == 0, "alignment {} is not a power of two", alignment);
+  if (capacity_ > 0) free_.emplace(0, capacity_);
+}
+
+std::optional<size_t> ExtentAllocator::allocate(size_t bytes) {
+  const size_t size = round_up(bytes == 0 ? 1 : bytes);
+  for (auto it = free_.begin(); it != free_.end(); ++it) {
+    if (it->second < size) continue;
+    const size_t offset = it->first, remaining = it->second - size;
+    free_.erase(it);
+    if (remaining > 0) free_.emplace(offset + size, remaining);
+    allocated_.emplace(offset, size);
+    free_bytes_ -= size;
+    return offset;
+  }
+  return std::nullopt;
+}
+
+void ExtentAllocator::free(size_t offset) {
+  auto it = allocated_.find(offset);
+  DJINN_CHECK(it != allocated_.end(), "free of offset {} that is not a live extent", offset);
+  size_t start = offset, size = it->second;
+  allocated_.erase(it);
+  free_bytes_ += size;
+  auto next = free_.lower_bound(start);
+  if (next != free_.end() && start + size == next->first) {  // merge with the range after
+    size += next->second;
+    next = free_.erase(next);
+  }
+  if (next != free_.begin()) {  // merge with the range before
+    auto prev = std::prev(next);
+    if (prev->first + prev->second == start) {
+      prev->second += size;
+      return;
+    }
+  }
+  free_.emplace(start, size);
+}
+
+size_t ExtentAllocator::largest_free_extent() const {
+  size_t largest = 0;
+  for (const auto& [offset, size] : free_) largest = std::max(largest, size);
+  return largest;
+}
+
+size_t ExtentAllocator::extents_that_fit(size_t bytes) const {
+  const size_t size = round_up(bytes == 0 ? 1 : bytes);
+  size_t count = 0;
+  for (const auto& [offset, free_size] : free_) count += free_size / size;
+  return count;
+}
+
+size_t ExtentAllocator::extent_size(size_t offset) const {
+  auto it = allocated_.find(offset);
+  DJINN_CHECK(it != allocated_.end(), "no live extent at offset {}", offset);
+  return it->second;
+}
+
+Status ExtentAllocator::check_invariants() const {
+  size_t free_total = 0, end_of_previous = 0;
+  bool first = true;
+  for (const auto& [offset, size] : free_) {
+    if (size == 0 || offset % alignment_ || size % alignment_)
+      return internal_error(fmt::format("free range [{}, +{}) is empty or misaligned", offset, size));
+    if (!first && offset <= end_of_previous)
+      return internal_error(fmt::format("free range at {} overlaps or touches the previous one", offset));
+    if (offset + size > capacity_) return internal_error(fmt::format("free range at {} runs past the end", offset));
+    end_of_previous = offset + size;
+    first = false;
+    free_total += size;
+  }
+  size_t allocated_total = 0;
+  for (const auto& [offset, size] : allocated_) {
+    allocated_total += size;
+    auto after = free_.upper_bound(offset);
+    if (after != free_.end() && after->first < offset + size)
+      return internal_error(fmt::format("extent at {} overlaps a free range", offset));
+    if (after != free_.begin()) {
+      auto before = std::prev(after);
+      if (before->first + before->second > offset)
+        return internal_error(fmt::format("extent at {} overlaps a free range", offset));
+    }
+  }
+  if (free_total != free_bytes_) return internal_error("free byte count is stale");
+  if (free_total + allocated_total != capacity_)
+    return internal_error(fmt::format("free {} + allocated {} != capacity {}", free_total, allocated_total, capacity_));
+  return {};
+}
+
+}  // namespace djinn
