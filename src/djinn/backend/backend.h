@@ -30,7 +30,8 @@ class Backend {
   // shape shape inference gave, or input 0's memory for aliasing ops). `bindings`
   // gives the step's seq / past. Errors that depend on data (a token id outside the
   // vocabulary, a KV cache that is full) come back as a Status.
-  virtual Status run_op(OpKind op, const OpAttrs& attrs, std::span<const TensorView> inputs,
+  // `inputs` point at views the caller keeps (the executor binds them once per plan).
+  virtual Status run_op(OpKind op, const OpAttrs& attrs, std::span<const TensorView* const> inputs,
                         const TensorView& output, const SymbolBindings& bindings) = 0;
 
   // Raw memory on this backend's device; `alignment` is a power of two.

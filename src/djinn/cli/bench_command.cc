@@ -1,6 +1,8 @@
 // `djinn bench`: programs that print numbers. Each benchmark measures its baseline in
 // the same run where it has one; nothing here asserts a timing.
-//   decode  prefill time and greedy decode throughput of one model on one session
+//   decode      prefill time and greedy decode throughput of one model on one session
+//   plan-cache  decode dispatch (plan lookup or build + pointer binding) with the
+//               plan cache on, then off (cleared before every token)
 #include <fmt/format.h>
 
 #include <algorithm>
@@ -90,6 +92,93 @@ Status bench_decode(const DecodeBenchOptions& options) {
   return {};
 }
 
+struct PlanCacheBenchOptions {
+  ModelOptions model;
+  int64_t prompt_len = 32;
+  int64_t n_tokens = 100;
+  bool json = false;
+};
+
+double mean(const std::vector<double>& samples) {
+  double sum = 0;
+  for (double s : samples) sum += s;
+  return samples.empty() ? 0.0 : sum / static_cast<double>(samples.size());
+}
+
+// One decode loop of n_tokens on a fresh session; with clear_each_token the plan
+// cache is emptied before every token (the original study's "cache off").
+Result<nlohmann::json> decode_loop(LoadedModel& loaded, const PlanCacheBenchOptions& options, bool clear_each_token,
+                                   std::vector<double>& miss_build_us) {
+  Runtime& runtime = *loaded.runtime;
+  const std::vector<int32_t> prompt = random_token_ids(options.prompt_len, loaded.model->config().vocab_size, options.model.seed);
+  DJINN_ASSIGN_OR_RETURN(SessionId session, runtime.open_session(loaded.id, options.prompt_len + options.n_tokens));
+  DJINN_ASSIGN_OR_RETURN(ForwardResult prefill, runtime.forward(session, prompt));
+  runtime.plan_cache().reset_stats();
+  std::vector<double> dispatch_us, hit_dispatch_us, token_ms;
+  int32_t token = prefill.next_token;
+  for (int64_t i = 0; i < options.n_tokens; ++i) {
+    if (clear_each_token) runtime.plan_cache().clear();
+    const double build_before = runtime.plan_cache().stats().build_us_total;
+    const uint64_t misses_before = runtime.plan_cache().stats().misses;
+    const auto start = std::chrono::steady_clock::now();
+    DJINN_ASSIGN_OR_RETURN(ForwardResult step, runtime.forward(session, std::span<const int32_t>(&token, 1)));
+    token_ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count());
+    dispatch_us.push_back(step.dispatch_us);
+    const PlanCacheStats after = runtime.plan_cache().stats();
+    if (after.misses > misses_before)
+      miss_build_us.push_back(after.build_us_total - build_before);
+    else
+      hit_dispatch_us.push_back(step.dispatch_us);
+    token = step.next_token;
+  }
+  const PlanCacheStats stats = runtime.plan_cache().stats();
+  DJINN_RETURN_IF_ERROR(runtime.close_session(session));
+  return nlohmann::json{{"hit_rate", stats.hit_rate()},
+                        {"hits", stats.hits},
+                        {"misses", stats.misses},
+                        {"dispatch_us_mean", mean(dispatch_us)},
+                        {"hit_dispatch_us_mean", mean(hit_dispatch_us)},
+                        {"dispatch_us_p50", percentile(dispatch_us, 50)},
+                        {"dispatch_us_p99", percentile(dispatch_us, 99)},
+                        {"token_ms_p50", percentile(token_ms, 50)},
+                        {"token_ms_p99", percentile(token_ms, 99)},
+                        {"samples", {{"dispatch_us", dispatch_us}, {"token_ms", token_ms}}}};
+}
+
+Status bench_plan_cache(const PlanCacheBenchOptions& options) {
+  DJINN_ASSIGN_OR_RETURN(LoadedModel loaded, load_model(options.model));
+  const ModelConfig& config = loaded.model->config();
+  if (options.prompt_len + options.n_tokens > config.max_positions)
+    return out_of_range(fmt::format("prompt {} + tokens {} exceeds the model's context {}", options.prompt_len,
+                                    options.n_tokens, config.max_positions));
+  std::vector<double> on_builds, off_builds;
+  DJINN_ASSIGN_OR_RETURN(nlohmann::json cache_on, decode_loop(loaded, options, /*clear_each_token=*/false, on_builds));
+  DJINN_ASSIGN_OR_RETURN(nlohmann::json cache_off, decode_loop(loaded, options, /*clear_each_token=*/true, off_builds));
+  nlohmann::json out = {{"benchmark", "plan-cache"},
+                        {"machine", to_json(machine_info())},
+                        {"device", device_name(loaded.runtime->backend().device())},
+                        {"model", config.name},
+                        {"dtype", dtype_name(loaded.model->dtype())},
+                        {"prompt_len", options.prompt_len},
+                        {"n_tokens", options.n_tokens},
+                        {"cache_on", cache_on},
+                        {"cache_off", cache_off},
+                        {"miss_build_us_mean", mean(off_builds)},
+                        {"miss_build_us_p99", percentile(off_builds, 99)}};
+  if (options.json) {
+    std::cout << out.dump(2) << '\n';
+    return {};
+  }
+  fmt::print("bench plan-cache: {} decode, {} tokens after a {}-token prompt, on {} ({})\n", config.name,
+             options.n_tokens, options.prompt_len, device_name(loaded.runtime->backend().device()), machine_info().cpu_model);
+  for (const auto& [name, r] : {std::pair<const char*, const nlohmann::json&>{"cache on ", cache_on}, {"cache off", cache_off}})
+    fmt::print("  {}: hit rate {:5.1f} %  dispatch mean {:8.2f} us (hits only {:6.2f})  p99 {:8.2f} us  token p50 {:.3f} ms  p99 {:.3f} ms\n",
+               name, 100.0 * r["hit_rate"].get<double>(), r["dispatch_us_mean"].get<double>(), r["hit_dispatch_us_mean"].get<double>(),
+               r["dispatch_us_p99"].get<double>(), r["token_ms_p50"].get<double>(), r["token_ms_p99"].get<double>());
+  fmt::print("  a miss (meta-simulation + plan of the decode graph): {:.1f} us mean\n", mean(off_builds));
+  return {};
+}
+
 }  // namespace
 
 Command add_bench_command(CLI::App& app) {
@@ -105,8 +194,17 @@ Command add_bench_command(CLI::App& app) {
   decode_cmd->add_option("--repeats", decode->repeats, "measured repeats after one warm-up (default 3)")
       ->check(CLI::Range(int64_t{1}, int64_t{1000}));
   decode_cmd->add_flag("--json", decode->json, "print JSON");
-  return {bench, [decode_cmd, decode]() -> Status {
+  auto plans = std::make_shared<PlanCacheBenchOptions>();
+  CLI::App* plans_cmd = bench->add_subcommand("plan-cache", "Decode dispatch cost with the plan cache on and off");
+  add_model_options(*plans_cmd, plans->model);
+  plans_cmd->add_option("--prompt-len", plans->prompt_len, "prompt tokens (default 32)")
+      ->check(CLI::Range(int64_t{1}, int64_t{1} << 20));
+  plans_cmd->add_option("--n-tokens", plans->n_tokens, "decode steps per loop (default 100)")
+      ->check(CLI::Range(int64_t{1}, int64_t{1} << 20));
+  plans_cmd->add_flag("--json", plans->json, "print JSON");
+  return {bench, [decode_cmd, decode, plans_cmd, plans]() -> Status {
             if (decode_cmd->parsed()) return bench_decode(*decode);
+            if (plans_cmd->parsed()) return bench_plan_cache(*plans);
             return invalid_argument("unknown benchmark");
           }};
 }

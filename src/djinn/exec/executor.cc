@@ -2,6 +2,8 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
+
 namespace djinn {
 namespace {
 
@@ -26,74 +28,116 @@ bool matches(const TensorView& bound, const ValueType& type, const SymbolBinding
   return bound.data != nullptr || bound.numel() == 0;
 }
 
+const char* table_name(Placement kind) {
+  switch (kind) {
+    case Placement::kWeight: return "weight";
+    case Placement::kKv: return "kv";
+    case Placement::kIo: return "io";
+    case Placement::kStack: return "stack";
+    case Placement::kAlias: return "alias";
+  }
+  return "?";
+}
+
 }  // namespace
 
-Status Executor::validate(const GraphBindings& b, bool check_weights) const {
-  const Plan& plan = *plan_;
-  if (b.weights.size() != plan.n_weights || b.kv.size() != plan.n_kv || b.io_inputs.size() != plan.n_io)
-    return invalid_argument(fmt::format("plan needs {} weights, {} kv, {} io inputs; bound {}, {}, {}", plan.n_weights,
-                                        plan.n_kv, plan.n_io, b.weights.size(), b.kv.size(), b.io_inputs.size()));
-  if (b.symbols.seq > plan.key.seq_bucket || b.symbols.seq < 0 || b.symbols.past < 0 ||
-      (plan.key.past_bucket > 0 && b.symbols.past > plan.key.past_bucket))
-    return invalid_argument(fmt::format("step seq={} past={} is outside the plan's bucket seq<={}", b.symbols.seq,
-                                        b.symbols.past, plan.key.seq_bucket));
-  for (size_t v = 0; v < plan.placements.size(); ++v) {
-    const ValuePlacement& p = plan.placements[v];
-    const TensorView* bound = p.kind == Placement::kKv   ? &b.kv[static_cast<size_t>(p.index)]
-                              : p.kind == Placement::kIo ? &b.io_inputs[static_cast<size_t>(p.index)]
-                              : (p.kind == Placement::kWeight && check_weights) ? &b.weights[static_cast<size_t>(p.index)]
-                                                                                 : nullptr;
-    if (bound != nullptr && !matches(*bound, plan.value_types[v], b.symbols))
-      return invalid_argument(fmt::format("input {} is bound to {} {}, the plan needs {} {}", v, dtype_name(bound->dtype),
-                                          to_string(bound->shape), dtype_name(plan.value_types[v].dtype),
-                                          to_string(plan.value_types[v].shape)));
+void Executor::build_views() {
+  const Plan& p = *plan_;
+  views_.assign(p.placements.size(), TensorView{});
+  by_kind_.assign(5, {});
+  symbolic_stack_values_.clear();
+  kv_symbolic_ = false;
+  for (size_t v = 0; v < p.placements.size(); ++v) {
+    by_kind_[static_cast<size_t>(p.placements[v].kind)].push_back(static_cast<ValueId>(v));
+    const auto& dims = p.value_types[v].shape.dims;
+    if (p.placements[v].kind == Placement::kStack &&
+        std::any_of(dims.begin(), dims.end(), [](const Dim& d) { return d.is_symbolic(); }))
+      symbolic_stack_values_.push_back(static_cast<ValueId>(v));
+    if (p.placements[v].kind == Placement::kKv)
+      kv_symbolic_ = kv_symbolic_ || std::any_of(dims.begin(), dims.end(), [](const Dim& d) { return d.is_symbolic(); });
+    views_[v].lifetime = p.value_lifetimes[v];
+  }
+  input_ptrs_.resize(p.step_inputs.size());
+  for (size_t i = 0; i < p.step_inputs.size(); ++i) input_ptrs_[i] = &views_[static_cast<size_t>(p.step_inputs[i])];
+  bound_weights_id_ = 0;
+  bound_kv_id_ = 0;
+  bound_stack_base_ = nullptr;
+  symbols_ = SymbolBindings{-1, -1};
+}
+
+Status Executor::bind_table(Placement kind, std::span<const TensorView> bound, const SymbolBindings& symbols) {
+  const Plan& p = *plan_;
+  for (ValueId v : by_kind_[static_cast<size_t>(kind)]) {
+    const TensorView& view = bound[static_cast<size_t>(p.placements[static_cast<size_t>(v)].index)];
+    const ValueType& type = p.value_types[static_cast<size_t>(v)];
+    if (!matches(view, type, symbols))
+      return invalid_argument(fmt::format("{} input {} is bound to {} {}, the plan needs {} {}", table_name(kind), v,
+                                          dtype_name(view.dtype), to_string(view.shape), dtype_name(type.dtype),
+                                          to_string(type.shape)));
+    views_[static_cast<size_t>(v)] = view;
   }
   return {};
 }
 
 Status Executor::bind(std::shared_ptr<const Plan> plan, const GraphBindings& b, std::byte* stack_base) {
-  const bool new_plan = plan != plan_;
-  if (new_plan) {
+  if (plan != plan_) {
     plan_ = std::move(plan);
-    bound_weights_ = nullptr;
-    views_.assign(plan_->placements.size(), TensorView{});
-    input_views_.assign(plan_->step_inputs.size(), TensorView{});
-    output_views_.assign(plan_->steps.size(), TensorView{});
+    build_views();
   }
-  const bool check_weights = bound_weights_ != b.weights.data();
-  DJINN_RETURN_IF_ERROR(validate(b, check_weights));
-  bound_weights_ = b.weights.data();
-  symbols_ = b.symbols;
-
   const Plan& p = *plan_;
-  for (size_t v = 0; v < p.placements.size(); ++v) {
-    const ValuePlacement& placement = p.placements[v];
-    TensorView& view = views_[v];
-    switch (placement.kind) {
-      case Placement::kWeight: view = b.weights[static_cast<size_t>(placement.index)]; break;
-      case Placement::kKv: view = b.kv[static_cast<size_t>(placement.index)]; break;
-      case Placement::kIo: view = b.io_inputs[static_cast<size_t>(placement.index)]; break;
-      case Placement::kAlias: view = views_[static_cast<size_t>(placement.index)]; break;
-      case Placement::kStack:
-        resolve_into(view, p.value_types[v], symbols_);
-        view.data = stack_base + placement.offset;
-        view.lifetime = p.value_lifetimes[v];
-        break;
-    }
+  if (b.weights.size() != p.n_weights || b.kv.size() != p.n_kv || b.io_inputs.size() != p.n_io)
+    return invalid_argument(fmt::format("plan needs {} weights, {} kv, {} io inputs; bound {}, {}, {}", p.n_weights, p.n_kv,
+                                        p.n_io, b.weights.size(), b.kv.size(), b.io_inputs.size()));
+  if (b.symbols.seq < 0 || b.symbols.past < 0 || b.symbols.seq > p.key.seq_bucket ||
+      (p.key.past_bucket > 0 && b.symbols.past > p.key.past_bucket))
+    return invalid_argument(fmt::format("step seq={} past={} is outside the plan's bucket (seq <= {})", b.symbols.seq,
+                                        b.symbols.past, p.key.seq_bucket));
+  // Only seq changes extents, unless the plan's activations depend on past too.
+  const bool symbols_changed =
+      b.symbols.seq != symbols_.seq || (p.key.past_bucket > 0 && b.symbols.past != symbols_.past);
+
+  // Weights: once per (plan, weight table).
+  if (b.weights_id == 0 || b.weights_id != bound_weights_id_) {
+    bound_weights_id_ = 0;
+    DJINN_RETURN_IF_ERROR(bind_table(Placement::kWeight, b.weights, b.symbols));
+    bound_weights_id_ = b.weights_id;
   }
-  for (size_t i = 0; i < p.step_inputs.size(); ++i) input_views_[i] = views_[static_cast<size_t>(p.step_inputs[i])];
-  for (size_t s = 0; s < p.steps.size(); ++s) output_views_[s] = views_[static_cast<size_t>(p.steps[s].output)];
+  // KV slots and their aliases: once per (plan, session), unless their shapes are symbolic.
+  if (b.kv_id == 0 || b.kv_id != bound_kv_id_ || (symbols_changed && kv_symbolic_)) {
+    bound_kv_id_ = 0;
+    DJINN_RETURN_IF_ERROR(bind_table(Placement::kKv, b.kv, b.symbols));
+    for (ValueId v : by_kind_[static_cast<size_t>(Placement::kAlias)])
+      views_[static_cast<size_t>(v)] = views_[static_cast<size_t>(p.placements[static_cast<size_t>(v)].index)];
+    bound_kv_id_ = b.kv_id;
+  }
+  // Io: every step.
+  DJINN_RETURN_IF_ERROR(bind_table(Placement::kIo, b.io_inputs, b.symbols));
+  // Stack: pointers when the frame moved, extents when the symbols changed.
+  if (stack_base != bound_stack_base_) {
+    for (ValueId v : by_kind_[static_cast<size_t>(Placement::kStack)]) {
+      views_[static_cast<size_t>(v)].data = stack_base + p.placements[static_cast<size_t>(v)].offset;
+    }
+    bound_stack_base_ = stack_base;
+  }
+  if (symbols_changed) {
+    if (symbols_.seq < 0)  // first bind of this plan: constant shapes too
+      for (ValueId v : by_kind_[static_cast<size_t>(Placement::kStack)])
+        resolve_into(views_[static_cast<size_t>(v)], p.value_types[static_cast<size_t>(v)], b.symbols);
+    for (ValueId v : symbolic_stack_values_)
+      resolve_into(views_[static_cast<size_t>(v)], p.value_types[static_cast<size_t>(v)], b.symbols);
+  }
+  symbols_ = b.symbols;
   return {};
 }
 
 Result<std::vector<TensorView>> Executor::execute() {
   DJINN_CHECK(plan_ != nullptr, "execute() before bind()");
   const Plan& p = *plan_;
-  const std::span<const TensorView> all_inputs(input_views_);
+  const std::span<const TensorView* const> all_inputs(input_ptrs_);
   for (size_t s = 0; s < p.steps.size(); ++s) {
     const PlanStep& step = p.steps[s];
     const Status status = backend_.run_op(step.op, step.attrs, all_inputs.subspan(step.first_input, step.input_count),
-                                          output_views_[s], symbols_);
+                                          views_[static_cast<size_t>(step.output)], symbols_);
     if (!status.ok()) return Status(status.code(), fmt::format("{} (step {}: {})", status.message(), s, op_name(step.op)));
   }
   std::vector<TensorView> outputs;

@@ -3,8 +3,14 @@
 //             slots, the step's io inputs, stack offsets inside the step's frame — and
 //             resolve symbolic shapes to this step's seq / past;
 //   execute() run the steps' kernels in order on the backend.
-// Binding reuses the views of the previous step when the plan is the same (the
-// common decode case), so it only rewrites pointers and symbolic extents.
+//
+// Note [Cheap rebinding]: views are built once per plan; every op's inputs are
+// pointers into them. A later bind() of the same plan rewrites only what changed:
+// io inputs (every step), KV slots (when the session changes: GraphBindings::kv_id),
+// weights (when the weight table changes: weights_id), stack values (when the frame
+// base or seq changes). A decode
+// step of the same session therefore rebinds two io views: dispatch costs a plan
+// lookup and a few pointer writes, not a walk over the graph.
 // Threads: one step at a time per Executor.
 #pragma once
 
@@ -27,15 +33,21 @@ class Executor {
   Result<std::vector<TensorView>> execute();
 
  private:
-  Status validate(const GraphBindings& bindings, bool check_weights) const;
+  void build_views();
+  Status bind_table(Placement kind, std::span<const TensorView> bound, const SymbolBindings& symbols);
 
   Backend& backend_;
   std::shared_ptr<const Plan> plan_;
-  const TensorView* bound_weights_ = nullptr;  // weights validated for plan_
-  SymbolBindings symbols_;
-  std::vector<TensorView> views_;        // per value
-  std::vector<TensorView> input_views_;  // parallel to plan_->step_inputs
-  std::vector<TensorView> output_views_; // per step
+  std::vector<TensorView> views_;               // per value
+  std::vector<const TensorView*> input_ptrs_;   // parallel to plan_->step_inputs, into views_
+  std::vector<std::vector<ValueId>> by_kind_;   // value ids per Placement
+  std::vector<ValueId> symbolic_stack_values_;  // stack values whose shape names a symbol
+  bool kv_symbolic_ = false;                    // a KV slot's shape names a symbol
+  // What the views are bound to now (nullptr / -1: nothing yet).
+  uint64_t bound_weights_id_ = 0;
+  uint64_t bound_kv_id_ = 0;
+  std::byte* bound_stack_base_ = nullptr;
+  SymbolBindings symbols_{-1, -1};
 };
 
 }  // namespace djinn

@@ -138,7 +138,7 @@ Result<ForwardResult> InferenceSession::forward(std::span<const int32_t> tokens,
   std::iota(positions.begin(), positions.end(), static_cast<int32_t>(length_));
   const TensorView io[] = {TensorView::contiguous(ids.data(), {n}, DType::kI32, LifetimeClass::kIo),
                            TensorView::contiguous(positions.data(), {n}, DType::kI32, LifetimeClass::kIo)};
-  GraphBindings bindings{step.weights, kv_, io, SymbolBindings{.seq = n, .past = length_}};
+  GraphBindings bindings{step.weights, kv_, io, SymbolBindings{.seq = n, .past = length_}, step.weights_id, kv_id_};
   ForwardResult result;
   DJINN_ASSIGN_OR_RETURN(std::vector<TensorView> outputs, run_step(step.model_graph, bindings, result));
   length_ += n;

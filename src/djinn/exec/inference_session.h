@@ -88,6 +88,7 @@ class InferenceSession {
   struct StepGraph {
     ModelGraph model_graph;
     std::vector<TensorView> weights;  // parallel to graph.weight_values()
+    uint64_t weights_id = next_binding_id();
   };
 
   std::shared_ptr<const Model> model_;
@@ -101,7 +102,8 @@ class InferenceSession {
   StackFrame frame_;            // planned: the running step's frame, popped when forward() returns
   int64_t capacity_;
   int64_t length_ = 0;
-  std::vector<TensorView> kv_;  // slot order
+  std::vector<TensorView> kv_;  // slot order; never changes after creation
+  uint64_t kv_id_ = next_binding_id();
   std::map<std::pair<Phase, bool>, StepGraph> graphs_;
 };
 

@@ -2,6 +2,8 @@
 
 #include <fmt/format.h>
 
+#include <atomic>
+
 namespace djinn {
 namespace {
 
@@ -26,6 +28,11 @@ Status check_table(const Graph& graph, const std::vector<ValueId>& table, std::s
 }
 
 }  // namespace
+
+uint64_t next_binding_id() {
+  static std::atomic<uint64_t> next{1};
+  return next.fetch_add(1, std::memory_order_relaxed);
+}
 
 Status validate_bindings(const Graph& graph, const GraphBindings& b) {
   if (b.symbols.seq < 0 || b.symbols.past < 0)
@@ -54,14 +61,14 @@ Result<std::vector<TensorView>> Interpreter::run(const Graph& graph, const Graph
   bind_table(graph.kv_values(), bindings.kv);
   bind_table(graph.io_inputs(), bindings.io_inputs);
 
-  std::vector<TensorView> inputs;
+  std::vector<const TensorView*> inputs;
   for (const Node& node : graph.nodes()) {
     inputs.clear();
-    for (ValueId in : node.inputs) inputs.push_back(views[static_cast<size_t>(in)]);
+    for (ValueId in : node.inputs) inputs.push_back(&views[static_cast<size_t>(in)]);
     const Value& out_value = graph.value(node.output);
     TensorView out;
     if (op_has_trait(node.op, kAliasesInput0)) {
-      out = inputs[0];
+      out = *inputs[0];
     } else {
       out = TensorView::contiguous(nullptr, out_value.type.shape.resolve(bindings.symbols), out_value.type.dtype,
                                    out_value.lifetime);

@@ -24,7 +24,16 @@ struct GraphBindings {
   std::span<const TensorView> kv;         // graph.kv_values()
   std::span<const TensorView> io_inputs;  // graph.io_inputs()
   SymbolBindings symbols;
+  // Optional identities of the weight and KV tables (see Note [Cheap rebinding] in
+  // executor.h): non-zero ids promise that a table with the same id has the same
+  // views as the last time it was bound, so the executor need not look at it again.
+  // 0: unknown, always rebind.
+  uint64_t weights_id = 0;
+  uint64_t kv_id = 0;
 };
+
+// A process-wide unique, non-zero id for a binding table.
+uint64_t next_binding_id();
 
 // Checks that `bindings` fits `graph` (counts, dtypes, resolved shapes).
 Status validate_bindings(const Graph& graph, const GraphBindings& bindings);

@@ -20,6 +20,7 @@ ValueId Graph::add_input(std::string name, DType dtype, SymShape shape, Lifetime
                          std::vector<ValueId>& table) {
   const auto id = static_cast<ValueId>(values_.size());
   hash_cache_.reset();
+  depends_on_past_cache_.reset();
   values_.push_back(Value{std::move(name), ValueType{dtype, std::move(shape)}, lifetime, -1});
   table.push_back(id);
   return id;
@@ -52,6 +53,7 @@ Result<ValueId> Graph::try_add_node(OpKind op, std::vector<ValueId> inputs, cons
       op_has_trait(op, kAliasesInput0) ? values_[static_cast<size_t>(inputs[0])].lifetime : LifetimeClass::kActivation;
   if (name.empty()) name = fmt::format("%{}", out);
   hash_cache_.reset();
+  depends_on_past_cache_.reset();
   values_.push_back(Value{std::move(name), std::move(out_type), lifetime, node_index});
   nodes_.push_back(Node{op, std::move(inputs), out, attrs});
   return out;
@@ -66,6 +68,7 @@ ValueId Graph::add_node(OpKind op, std::vector<ValueId> inputs, const OpAttrs& a
 void Graph::mark_output(ValueId value) {
   DJINN_CHECK(value >= 0 && static_cast<size_t>(value) < values_.size(), "mark_output: no value {}", value);
   hash_cache_.reset();
+  depends_on_past_cache_.reset();
   outputs_.push_back(value);
 }
 
@@ -101,12 +104,14 @@ void hash_type(Hasher& h, const ValueType& t) {
 }  // namespace
 
 bool Graph::activations_depend_on_past() const {
+  if (depends_on_past_cache_) return *depends_on_past_cache_;
+  bool depends = false;
   for (const Value& v : values_) {
     if (v.lifetime != LifetimeClass::kActivation) continue;
-    for (const Dim& d : v.type.shape.dims)
-      if (d.symbol == Symbol::kPast || d.symbol == Symbol::kTotal) return true;
+    for (const Dim& d : v.type.shape.dims) depends = depends || d.symbol == Symbol::kPast || d.symbol == Symbol::kTotal;
   }
-  return false;
+  depends_on_past_cache_ = depends;
+  return depends;
 }
 
 uint64_t Graph::structural_hash() const {

@@ -97,7 +97,8 @@ class Graph {
   std::vector<ValueId> kv_values_;
   std::vector<ValueId> io_inputs_;
   std::vector<ValueId> outputs_;
-  mutable std::optional<uint64_t> hash_cache_;
+  mutable std::optional<uint64_t> hash_cache_;          // structural_hash()
+  mutable std::optional<bool> depends_on_past_cache_;    // activations_depend_on_past()
 };
 
 }  // namespace djinn

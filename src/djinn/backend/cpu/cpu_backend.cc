@@ -10,24 +10,24 @@
 
 namespace djinn {
 
-Status CpuBackend::run_op(OpKind op, const OpAttrs& a, std::span<const TensorView> in, const TensorView& out,
+Status CpuBackend::run_op(OpKind op, const OpAttrs& a, std::span<const TensorView* const> in, const TensorView& out,
                           const SymbolBindings& bindings) {
   switch (op) {
-    case OpKind::kEmbedding: return cpu::embedding(in[0], in[1], out);
-    case OpKind::kMatMul: return cpu::matmul(in[0], in[1], a.transpose_b, out);
-    case OpKind::kAdd: return cpu::add(in[0], in[1], out);
-    case OpKind::kMul: return cpu::mul(in[0], in[1], out);
-    case OpKind::kLayerNorm: return cpu::layernorm(in[0], in[1], in[2], a.eps, out);
-    case OpKind::kRmsNorm: return cpu::rmsnorm(in[0], in[1], a.eps, out);
-    case OpKind::kGeluNew: return cpu::gelu_new(in[0], out);
-    case OpKind::kSilu: return cpu::silu(in[0], out);
-    case OpKind::kRope: return cpu::rope(in[0], in[1], a.head_dim, a.rope_theta, out);
-    case OpKind::kSoftmax: return cpu::softmax(in[0], out);
-    case OpKind::kSlice: return cpu::slice(in[0], a.start, a.length, out);
-    case OpKind::kKvAppend: return cpu::kv_append(in[0], in[1], bindings.past);
-    case OpKind::kAttention: return cpu::attention(in[0], in[1], in[2], a, bindings.past, out);
-    case OpKind::kLastRow: return cpu::last_row(in[0], out);
-    case OpKind::kArgmax: return cpu::argmax(in[0], out);
+    case OpKind::kEmbedding: return cpu::embedding(*in[0], *in[1], out);
+    case OpKind::kMatMul: return cpu::matmul(*in[0], *in[1], a.transpose_b, out);
+    case OpKind::kAdd: return cpu::add(*in[0], *in[1], out);
+    case OpKind::kMul: return cpu::mul(*in[0], *in[1], out);
+    case OpKind::kLayerNorm: return cpu::layernorm(*in[0], *in[1], *in[2], a.eps, out);
+    case OpKind::kRmsNorm: return cpu::rmsnorm(*in[0], *in[1], a.eps, out);
+    case OpKind::kGeluNew: return cpu::gelu_new(*in[0], out);
+    case OpKind::kSilu: return cpu::silu(*in[0], out);
+    case OpKind::kRope: return cpu::rope(*in[0], *in[1], a.head_dim, a.rope_theta, out);
+    case OpKind::kSoftmax: return cpu::softmax(*in[0], out);
+    case OpKind::kSlice: return cpu::slice(*in[0], a.start, a.length, out);
+    case OpKind::kKvAppend: return cpu::kv_append(*in[0], *in[1], bindings.past);
+    case OpKind::kAttention: return cpu::attention(*in[0], *in[1], *in[2], a, bindings.past, out);
+    case OpKind::kLastRow: return cpu::last_row(*in[0], out);
+    case OpKind::kArgmax: return cpu::argmax(*in[0], out);
   }
   return internal_error("cpu backend: unknown op");
 }

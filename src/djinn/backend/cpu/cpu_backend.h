@@ -9,7 +9,7 @@ namespace djinn {
 class CpuBackend final : public Backend {
  public:
   DeviceKind device() const override { return DeviceKind::kCpu; }
-  Status run_op(OpKind op, const OpAttrs& attrs, std::span<const TensorView> inputs, const TensorView& output,
+  Status run_op(OpKind op, const OpAttrs& attrs, std::span<const TensorView* const> inputs, const TensorView& output,
                 const SymbolBindings& bindings) override;
   void* allocate(size_t bytes, size_t alignment) override;
   void deallocate(void* pointer) override;
