@@ -17,5 +17,7 @@ struct Command {
 
 Command add_run_command(CLI::App& app);
 Command add_bench_command(CLI::App& app);
+Command add_serve_command(CLI::App& app);
+Command add_client_command(CLI::App& app);
 
 }  // namespace djinn::cli

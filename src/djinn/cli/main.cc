@@ -18,6 +18,8 @@ int main(int argc, char** argv) {
   const djinn::cli::Command commands[] = {
       djinn::cli::add_run_command(app),
       djinn::cli::add_bench_command(app),
+      djinn::cli::add_serve_command(app),
+      djinn::cli::add_client_command(app),
   };
 
   std::string known;

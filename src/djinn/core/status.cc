@@ -13,6 +13,7 @@ const char* status_code_name(StatusCode code) {
     case StatusCode::kOutOfRange: return "out of range";
     case StatusCode::kDataLoss: return "data loss";
     case StatusCode::kOutOfMemory: return "out of memory";
+    case StatusCode::kPermissionDenied: return "permission denied";
     case StatusCode::kUnimplemented: return "unimplemented";
     case StatusCode::kInternal: return "internal";
   }

@@ -11,7 +11,8 @@
 namespace djinn {
 namespace {
 
-constexpr size_t kStackAlignment = 64;  // bytes, every activation
+constexpr size_t kStackAlignment = 64;       // bytes, every activation
+constexpr int64_t kMaxElements = int64_t{1} << 40;  // per value: keeps byte counts far from overflow
 
 int64_t next_power_of_two(int64_t n) {
   int64_t p = 1;
@@ -78,6 +79,11 @@ Result<Plan> simulate(const Graph& graph, const SymbolBindings& symbols) {
     plan.value_types.push_back(values[i].type);
     plan.value_lifetimes.push_back(values[i].lifetime);
     shapes[i] = values[i].type.shape.resolve(at_bucket);
+    int64_t elements = 1;
+    for (int64_t d : shapes[i])
+      if (d < 0 || __builtin_mul_overflow(elements, d, &elements) || elements > kMaxElements)
+        return invalid_argument(fmt::format("value '{}' of shape {} is too large to plan", values[i].name,
+                                            to_string(values[i].type.shape)));
   }
   auto place_table = [&](const std::vector<ValueId>& table, Placement kind) {
     for (size_t i = 0; i < table.size(); ++i)

@@ -84,6 +84,12 @@ Result<InferenceSession*> Runtime::session(SessionId id) {
   return it->second.get();
 }
 
+Result<const InferenceSession*> Runtime::session(SessionId id) const {
+  auto it = sessions_.find(id);
+  if (it == sessions_.end()) return not_found(fmt::format("no session {}", id));
+  return static_cast<const InferenceSession*>(it->second.get());
+}
+
 Result<SessionId> Runtime::open_session(ModelId model_id, int64_t max_context) {
   DJINN_ASSIGN_OR_RETURN(std::shared_ptr<const Model> model, model(model_id));
   const ModelConfig& config = model->config();

@@ -59,6 +59,7 @@ class Runtime {
 
   Result<std::shared_ptr<const Model>> model(ModelId model) const;
   Result<InferenceSession*> session(SessionId session);
+  Result<const InferenceSession*> session(SessionId session) const;
   Backend& backend() { return *backend_; }
   Vmu& vmu() { return *vmu_; }
   PlanCache& plan_cache() { return plan_cache_; }

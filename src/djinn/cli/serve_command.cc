@@ -1,0 +1,63 @@
+// `djinn serve`: run the server until SIGINT / SIGTERM, then drain and exit cleanly.
+#include <spdlog/spdlog.h>
+
+#include <atomic>
+#include <csignal>
+
+#include "djinn/cli/commands.h"
+#include "djinn/rpc/server.h"
+
+namespace djinn::cli {
+namespace {
+
+std::atomic<rpc::Server*> g_serving{nullptr};
+
+void on_signal(int) {
+  if (rpc::Server* server = g_serving.load()) server->stop();  // an atomic store: async-signal-safe
+}
+
+struct ServeOptions {
+  rpc::ServerOptions server;
+  std::string device = "cpu";
+};
+
+Status serve(ServeOptions options) {
+  options.server.runtime.device = options.device == "cuda" ? DeviceKind::kCuda : DeviceKind::kCpu;
+  spdlog::set_level(spdlog::level::info);
+  DJINN_ASSIGN_OR_RETURN(std::unique_ptr<rpc::Server> server, rpc::Server::create(options.server));
+  g_serving.store(server.get());
+  struct sigaction action {};
+  action.sa_handler = on_signal;
+  sigemptyset(&action.sa_mask);
+  sigaction(SIGINT, &action, nullptr);
+  sigaction(SIGTERM, &action, nullptr);
+  spdlog::info("{}", server->describe());
+  const Status status = server->serve();
+  g_serving.store(nullptr);
+  return status;
+}
+
+}  // namespace
+
+Command add_serve_command(CLI::App& app) {
+  auto options = std::make_shared<ServeOptions>();
+  rpc::ServerOptions& s = options->server;
+  CLI::App* command = app.add_subcommand("serve", "Serve sessions over ZeroMQ until SIGINT / SIGTERM");
+  command->add_option("--listen", s.listen, "tcp://host:port, ipc://path or inproc://name (repeatable)");
+  command->add_option("--device", options->device, "cpu or cuda")->check(CLI::IsMember({"cpu", "cuda"}));
+  command->add_option("--device-mem-gb", s.runtime.device_mem_gb, "cap on the device memory the VMU manages, GiB")
+      ->check(CLI::PositiveNumber);
+  command->add_option("--arena-mb", s.runtime.arena_mb, "session arena size, MiB")->check(CLI::PositiveNumber);
+  command->add_option("--host-swap-pool-gb", s.runtime.host_pool_gb, "host memory reserved for swapped sessions, GiB")
+      ->check(CLI::NonNegativeNumber);
+  command->add_option("--policy", s.policy, "proactive, reactive, none or lru")
+      ->check(CLI::IsMember({"proactive", "reactive", "none", "lru"}));
+  command->add_option("--idle-timeout-s", s.idle_timeout_s, "reactive policy: idle time before a swap-out")
+      ->check(CLI::PositiveNumber);
+  command->add_option("--session-lease-s", s.session_lease_s, "close sessions not heard from for this long")
+      ->check(CLI::PositiveNumber);
+  command->add_option("--max-request-mb", s.max_request_mb, "refuse larger requests")->check(CLI::PositiveNumber);
+  return {command, [options] { return serve(*options); }};
+}
+
+}  // namespace djinn::cli

@@ -1,0 +1,476 @@
+#include "djinn/rpc/server.h"
+
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+
+#include <array>
+
+#include "djinn/rpc/graph_codec.h"
+
+namespace djinn::rpc {
+namespace {
+
+constexpr double kMiB = 1024.0 * 1024.0;
+constexpr int kPollMs = 50;        // how often the loop looks at leases and the stop flag
+constexpr size_t kMaxGraphs = 1024;  // graphs kept for RunGraph-by-hash
+
+double us_since(std::chrono::steady_clock::time_point start) {
+  return std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - start).count();
+}
+
+const char* body_name(Request::BodyCase body) {
+  switch (body) {
+    case Request::kHello: return "hello";
+    case Request::kLoadModel: return "load_model";
+    case Request::kOpenSession: return "open_session";
+    case Request::kCloseSession: return "close_session";
+    case Request::kForward: return "forward";
+    case Request::kGenerate: return "generate";
+    case Request::kRunGraph: return "run_graph";
+    case Request::kSignalPhase: return "signal_phase";
+    case Request::kHeartbeat: return "heartbeat";
+    case Request::kStats: return "stats";
+    case Request::BODY_NOT_SET: return "unknown";
+  }
+  return "unknown";
+}
+
+uint64_t fnv1a(uint64_t h, const void* data, size_t n) {
+  const auto* p = static_cast<const unsigned char*>(data);
+  for (size_t i = 0; i < n; ++i) {
+    h ^= p[i];
+    h *= 0x100000001b3ull;
+  }
+  return h;
+}
+
+zmq::message_t tensor_frame(const HostTensor& t) { return zmq::message_t(t.bytes.data(), t.bytes.size()); }
+
+}  // namespace
+
+Result<std::unique_ptr<Server>> Server::create(const ServerOptions& options) {
+  if (options.listen.empty()) return invalid_argument("serve: no --listen address");
+  if (!(options.session_lease_s > 0)) return invalid_argument("--session-lease-s must be > 0");
+  if (!(options.max_request_mb > 0)) return invalid_argument("--max-request-mb must be > 0");
+  const std::array<std::string, 4> policies = {"proactive", "reactive", "none", "lru"};
+  if (std::find(policies.begin(), policies.end(), options.policy) == policies.end())
+    return invalid_argument(fmt::format("unknown policy '{}' (proactive, reactive, none, lru)", options.policy));
+  DJINN_ASSIGN_OR_RETURN(std::unique_ptr<Runtime> runtime, Runtime::create(options.runtime));
+  std::unique_ptr<Server> server(new Server(options, std::move(runtime)));
+  for (const std::string& address : options.listen) {
+    try {
+      server->router_.bind(address);
+      server->endpoints_.push_back(server->router_.get(zmq::sockopt::last_endpoint));
+    } catch (const zmq::error_t& e) {
+      return invalid_argument(fmt::format("cannot listen on '{}': {}", address, e.what()));
+    }
+  }
+  return server;
+}
+
+Server::Server(const ServerOptions& options, std::unique_ptr<Runtime> runtime)
+    : options_(options), runtime_(std::move(runtime)), context_(1), router_(context_, zmq::socket_type::router),
+      token_rng_(std::random_device{}()) {
+  router_.set(zmq::sockopt::linger, 0);
+  // Frames larger than the request limit (+ room for the header) are dropped by ZeroMQ
+  // before they are buffered in full.
+  router_.set(zmq::sockopt::maxmsgsize, static_cast<int64_t>(options.max_request_mb * kMiB) + (int64_t{1} << 20));
+}
+
+Server::~Server() {
+  sessions_.clear();
+  router_.close();
+}
+
+std::string Server::describe() const {
+  const nlohmann::json vmu = runtime_->vmu().stats_json();
+  return fmt::format("djinn serve: listening on {} | device {} | VMU {} (host swap pool {}) | arena {} | policy {} | lease {} s",
+                     fmt::join(endpoints_, ", "), device_name(runtime_->backend().device()),
+                     format_bytes(vmu["capacity"].get<size_t>()), format_bytes(vmu["host_pool"]["capacity"].get<size_t>()),
+                     runtime_->vmu().data().arena_bytes() ? format_bytes(runtime_->vmu().data().arena_bytes()) : "per model",
+                     options_.policy, options_.session_lease_s);
+}
+
+Status Server::serve() {
+  zmq::pollitem_t items[] = {{router_.handle(), 0, ZMQ_POLLIN, 0}};
+  std::vector<zmq::message_t> frames;
+  while (!stop_requested_.load(std::memory_order_relaxed)) {
+    try {
+      zmq::poll(items, 1, std::chrono::milliseconds(kPollMs));
+    } catch (const zmq::error_t& e) {
+      if (e.num() == EINTR) continue;
+      return internal_error(fmt::format("poll: {}", e.what()));
+    }
+    // Drain everything that is ready before looking at the clock again.
+    while (items[0].revents & ZMQ_POLLIN) {
+      zmq::message_t identity;
+      if (!router_.recv(identity, zmq::recv_flags::dontwait)) break;
+      frames.clear();
+      while (router_.get(zmq::sockopt::rcvmore)) {
+        zmq::message_t frame;
+        (void)router_.recv(frame);
+        frames.push_back(std::move(frame));
+      }
+      handle(identity, frames);
+    }
+    expire_leases();
+  }
+  const size_t open = sessions_.size();
+  for (auto& [id, record] : sessions_) (void)runtime_->close_session(id);
+  sessions_.clear();
+  spdlog::info("djinn serve: drained, closed {} open sessions", open);
+  return {};
+}
+
+void Server::count_error(const std::string& kind) {
+  ++counters_.errors[kind];
+  ++errors_total_;
+}
+
+void Server::renew(SessionRecord& record) {
+  const double extra_ms = record.phase == SessionPhase::kIoWait ? record.estimated_resume_ms : 0.0;
+  record.lease_deadline = Clock::now() + std::chrono::duration_cast<Clock::duration>(
+                                             std::chrono::duration<double>(options_.session_lease_s + extra_ms / 1e3));
+}
+
+void Server::expire_leases() {
+  const auto now = Clock::now();
+  for (auto it = sessions_.begin(); it != sessions_.end();) {
+    if (it->second.lease_deadline < now) {
+      (void)runtime_->close_session(it->first);
+      ++counters_.leases_expired;
+      ++counters_.sessions_closed;
+      spdlog::info("session {}: lease expired, closed", it->first);
+      it = sessions_.erase(it);
+    } else {
+      ++it;
+    }
+  }
+}
+
+void Server::handle(zmq::message_t& identity, std::vector<zmq::message_t>& frames) {
+  request_started_ = Clock::now();
+  ++counters_.requests;
+  std::vector<std::string_view> views;
+  views.reserve(frames.size());
+  for (const zmq::message_t& f : frames) views.emplace_back(static_cast<const char*>(f.data()), f.size());
+  Outgoing out;
+  DecodeLimits limits;
+  limits.max_message_bytes = static_cast<size_t>(options_.max_request_mb * kMiB);
+  Result<DecodedRequest> decoded = decode_request(views, limits);
+  Status status;
+  if (!decoded.ok()) {
+    status = decoded.status();
+    count_error(status.code() == StatusCode::kOutOfRange ? "too_large" : "malformed");
+    // Echo the correlation id when the header at least parsed.
+    Request header;
+    if (!views.empty() && header.ParseFromArray(views[0].data(), static_cast<int>(views[0].size())))
+      out.reply.set_correlation_id(header.correlation_id());
+  } else {
+    out.reply.set_correlation_id(decoded->request.correlation_id());
+    ++counters_.requests_by_type[body_name(decoded->request.body_case())];
+    const uint64_t errors_before = errors_total_;
+    try {
+      status = dispatch(*decoded, out);
+    } catch (const std::exception& e) {  // a CheckError or worse: still an error reply
+      status = internal_error(e.what());
+      count_error("internal");
+    }
+    if (!status.ok() && errors_total_ == errors_before) count_error("request_failed");
+  }
+  if (!status.ok()) {
+    const uint64_t correlation = out.reply.correlation_id();
+    out.reply.Clear();
+    out.tensors.clear();
+    out.reply.set_correlation_id(correlation);
+    out.reply.mutable_error()->set_code(status_code_wire_name(status.code()));
+    out.reply.mutable_error()->set_message(status.message());
+  }
+  send(identity, out);
+}
+
+void Server::send(zmq::message_t& identity, Outgoing& out) {
+  const std::string header = out.reply.SerializeAsString();
+  try {
+    router_.send(identity, zmq::send_flags::sndmore | zmq::send_flags::dontwait);
+    router_.send(zmq::buffer(header), out.tensors.empty() ? zmq::send_flags::dontwait
+                                                          : zmq::send_flags::sndmore | zmq::send_flags::dontwait);
+    for (size_t i = 0; i < out.tensors.size(); ++i)
+      router_.send(out.tensors[i], i + 1 == out.tensors.size() ? zmq::send_flags::dontwait
+                                                               : zmq::send_flags::sndmore | zmq::send_flags::dontwait);
+    ++counters_.replies;
+  } catch (const zmq::error_t& e) {
+    count_error("send_failed");
+  }
+}
+
+Result<Server::SessionRecord*> Server::authorize(const Request& request) {
+  auto it = sessions_.find(static_cast<SessionId>(request.session_id()));
+  if (it == sessions_.end()) {
+    count_error("unknown_session");
+    return not_found(fmt::format("no session {}", request.session_id()));
+  }
+  if (request.session_token().empty() || request.session_token() != it->second.token) {
+    count_error("bad_token");
+    return permission_denied(fmt::format("session {}: wrong or missing session token", request.session_id()));
+  }
+  renew(it->second);
+  return &it->second;
+}
+
+Status Server::dispatch(const DecodedRequest& decoded, Outgoing& out) {
+  const Request& request = decoded.request;
+  Status status;
+  switch (request.body_case()) {
+    case Request::kHello: status = on_hello(request.hello(), out); break;
+    case Request::kLoadModel: status = on_load_model(request.load_model(), out); break;
+    case Request::kOpenSession: status = on_open_session(request.open_session(), out); break;
+    case Request::kCloseSession: status = on_close_session(request, out); break;
+    case Request::kForward: status = on_forward(request, out); break;
+    case Request::kGenerate: status = on_generate(request, out); break;
+    case Request::kRunGraph: status = on_run_graph(decoded, out); break;
+    case Request::kSignalPhase: status = on_signal_phase(request, out); break;
+    case Request::kHeartbeat: status = on_heartbeat(request, out); break;
+    case Request::kStats: out.reply.mutable_stats()->set_json(stats_json().dump()); break;
+    case Request::BODY_NOT_SET: status = invalid_argument("unknown message type"); break;
+  }
+  return status;
+}
+
+Status Server::on_hello(const Hello& hello, Outgoing& out) {
+  if (hello.protocol_version() != kProtocolVersion) {
+    count_error("version_mismatch");
+    return invalid_argument(fmt::format("protocol version {} from '{}' is not supported: this server speaks version {}",
+                                        hello.protocol_version(), hello.client_name(), kProtocolVersion));
+  }
+  HelloReply* reply = out.reply.mutable_hello();
+  reply->set_protocol_version(kProtocolVersion);
+  reply->set_server_version("djinn 0.1.0");
+  reply->set_device(device_name(runtime_->backend().device()));
+  return {};
+}
+
+Status Server::on_load_model(const LoadModel& load, Outgoing& out) {
+  LoadOptions options;
+  const std::optional<DType> dtype = parse_dtype(load.dtype().empty() ? "f32" : load.dtype());
+  if (!dtype || !is_floating(*dtype)) return invalid_argument(fmt::format("unknown weight dtype '{}'", load.dtype()));
+  options.dtype = *dtype;
+  options.seed = load.seed();
+  Result<ModelId> id = runtime_->load_model(load.source(), options);
+  if (!id.ok()) {
+    count_error("load_model_failed");
+    return id.status();
+  }
+  const auto model = *runtime_->model(*id);
+  LoadModelReply* reply = out.reply.mutable_load_model();
+  reply->set_model_id(static_cast<uint64_t>(*id));
+  reply->set_name(model->config().name);
+  reply->set_family(family_name(model->config().family));
+  reply->set_params(model->param_count());
+  reply->set_weight_bytes(model->weight_bytes());
+  reply->set_kv_bytes_per_token(model->kv_bytes_per_token());
+  reply->set_vocab_size(model->config().vocab_size);
+  reply->set_max_positions(model->config().max_positions);
+  return {};
+}
+
+Status Server::on_open_session(const OpenSession& open, Outgoing& out) {
+  if (!runtime_->model(static_cast<ModelId>(open.model_id())).ok()) {
+    count_error("unknown_model");
+    return not_found(fmt::format("no model {} (load it first)", open.model_id()));
+  }
+  Result<SessionId> id = runtime_->open_session(static_cast<ModelId>(open.model_id()), open.max_context());
+  if (!id.ok()) {
+    count_error(id.status().code() == StatusCode::kOutOfMemory ? "out_of_memory" : "open_session_failed");
+    return id.status();
+  }
+  SessionRecord record;
+  record.token = fmt::format("{:016x}{:016x}", token_rng_(), token_rng_());
+  record.model = static_cast<ModelId>(open.model_id());
+  renew(record);
+  OpenSessionReply* reply = out.reply.mutable_open_session();
+  reply->set_session_id(static_cast<uint64_t>(*id));
+  reply->set_session_token(record.token);
+  reply->set_capacity((*runtime_->session(*id))->capacity());
+  sessions_.emplace(*id, std::move(record));
+  ++counters_.sessions_opened;
+  return {};
+}
+
+Status Server::on_close_session(const Request& request, Outgoing& out) {
+  DJINN_RETURN_IF_ERROR(authorize(request));
+  DJINN_RETURN_IF_ERROR(runtime_->close_session(static_cast<SessionId>(request.session_id())));
+  sessions_.erase(static_cast<SessionId>(request.session_id()));
+  ++counters_.sessions_closed;
+  out.reply.mutable_close_session();
+  return {};
+}
+
+Status Server::on_forward(const Request& request, Outgoing& out) {
+  DJINN_RETURN_IF_ERROR(authorize(request));
+  const Forward& forward = request.forward();
+  const std::vector<int32_t> tokens(forward.tokens().begin(), forward.tokens().end());
+  DJINN_ASSIGN_OR_RETURN(ForwardResult result,
+                         runtime_->forward(static_cast<SessionId>(request.session_id()), tokens, forward.all_logits()));
+  ForwardReply* reply = out.reply.mutable_forward();
+  reply->set_next_token(result.next_token);
+  reply->set_rows(result.rows);
+  const auto vocab = static_cast<int64_t>(result.logits.size()) / std::max<int64_t>(result.rows, 1);
+  set_tensor_meta(*out.reply.add_tensors(), TensorView::contiguous(result.logits.data(), {result.rows, vocab}, DType::kF32));
+  out.tensors.emplace_back(result.logits.data(), result.logits.size() * sizeof(float));
+  StepTiming* timing = reply->mutable_timing();
+  timing->set_dispatch_us(result.dispatch_us);
+  timing->set_compute_us(result.compute_us);
+  timing->set_server_us(us_since(request_started_));
+  return {};
+}
+
+Status Server::on_generate(const Request& request, Outgoing& out) {
+  DJINN_RETURN_IF_ERROR(authorize(request));
+  const Generate& generate = request.generate();
+  const std::vector<int32_t> prompt(generate.prompt().begin(), generate.prompt().end());
+  DJINN_ASSIGN_OR_RETURN(GenerateResult result, runtime_->generate(static_cast<SessionId>(request.session_id()), prompt,
+                                                                   generate.max_new_tokens()));
+  GenerateReply* reply = out.reply.mutable_generate();
+  for (int32_t t : result.new_tokens) reply->add_tokens(t);
+  reply->set_prefill_ms(result.prefill_ms);
+  for (double ms : result.decode_step_ms) reply->add_decode_step_ms(ms);
+  reply->mutable_timing()->set_server_us(us_since(request_started_));
+  return {};
+}
+
+Status Server::on_run_graph(const DecodedRequest& decoded, Outgoing& out) {
+  const RunGraph& run = decoded.request.run_graph();
+  uint64_t id = run.graph_hash();
+  std::span<const TensorView> io = decoded.tensors;
+  if (run.has_graph()) {
+    // Upload: the graph plus its resident (weight and kv) inputs; io inputs follow.
+    Result<Graph> graph = graph_from_proto(run.graph());
+    if (!graph.ok()) {
+      count_error("bad_graph");
+      return graph.status();
+    }
+    StoredGraph stored{std::move(graph).value(), {}, {}};
+    const auto& values = stored.graph.values();
+    size_t next = 0;
+    id = stored.graph.structural_hash();
+    for (const Value& v : values) {
+      if (v.producer >= 0) continue;
+      const bool is_io = v.lifetime == LifetimeClass::kIo;
+      stored.input_is_io.push_back(is_io);
+      if (is_io) continue;
+      if (next >= decoded.tensors.size()) {
+        count_error("bad_tensor");
+        return invalid_argument(fmt::format("graph input '{}' ({}) was not sent", v.name, lifetime_name(v.lifetime)));
+      }
+      HostTensor resident = HostTensor::copy_of(decoded.tensors[next++]);
+      id = fnv1a(id, resident.bytes.data(), resident.bytes.size());
+      stored.resident.push_back(std::move(resident));
+    }
+    io = io.subspan(next);
+    if (graphs_.size() >= kMaxGraphs && !graphs_.contains(id)) graphs_.erase(graphs_.begin());
+    graphs_.insert_or_assign(id, std::move(stored));
+    ++counters_.graphs_uploaded;
+  }
+  auto it = graphs_.find(id);
+  if (it == graphs_.end()) {
+    count_error("unknown_graph");
+    return not_found(fmt::format("graph {:016x} is not known here: send it with the request", id));
+  }
+  StoredGraph& stored = it->second;
+  std::vector<TensorView> inputs;
+  inputs.reserve(stored.input_is_io.size());
+  size_t next_resident = 0, next_io = 0;
+  for (bool is_io : stored.input_is_io) {
+    if (is_io) {
+      if (next_io >= io.size()) break;
+      inputs.push_back(io[next_io++]);
+    } else {
+      inputs.push_back(stored.resident[next_resident++].view());
+    }
+  }
+  if (inputs.size() != stored.input_is_io.size() || next_io != io.size()) {
+    count_error("bad_tensor");
+    return invalid_argument(fmt::format("the graph takes {} io inputs, {} were sent",
+                                        std::count(stored.input_is_io.begin(), stored.input_is_io.end(), true), io.size()));
+  }
+  Result<std::vector<HostTensor>> outputs = runtime_->run_graph(stored.graph, inputs, {.seq = run.seq(), .past = run.past()});
+  if (!outputs.ok()) {
+    count_error("run_graph_failed");
+    return outputs.status();
+  }
+  RunGraphReply* reply = out.reply.mutable_run_graph();
+  reply->set_graph_hash(id);
+  for (HostTensor& t : *outputs) {
+    set_tensor_meta(*out.reply.add_tensors(), t.view());
+    out.tensors.push_back(tensor_frame(t));
+  }
+  reply->mutable_timing()->set_server_us(us_since(request_started_));
+  return {};
+}
+
+Status Server::on_signal_phase(const Request& request, Outgoing& out) {
+  DJINN_ASSIGN_OR_RETURN(SessionRecord * record, authorize(request));
+  const SignalPhase& signal = request.signal_phase();
+  if (signal.estimated_resume_ms() < 0 || !std::isfinite(signal.estimated_resume_ms())) {
+    count_error("bad_signal");
+    return invalid_argument(fmt::format("estimated_resume_ms must be a finite number >= 0, got {}", signal.estimated_resume_ms()));
+  }
+  switch (signal.phase()) {
+    case SignalPhase::IO_WAIT:
+      record->phase = SessionPhase::kIoWait;
+      record->estimated_resume_ms = signal.estimated_resume_ms();
+      break;
+    case SignalPhase::COMPUTE:
+      record->phase = SessionPhase::kCompute;
+      record->estimated_resume_ms = 0;
+      break;
+    case SignalPhase::PHASE_UNSPECIFIED:
+    default:
+      count_error("bad_signal");
+      return invalid_argument(fmt::format("unknown phase {} (IO_WAIT or COMPUTE)", static_cast<int>(signal.phase())));
+  }
+  renew(*record);
+  ++counters_.phase_signals;
+  out.reply.mutable_signal_phase()->set_state(record->phase == SessionPhase::kIoWait ? "IO_WAIT" : "COMPUTE");
+  return {};
+}
+
+Status Server::on_heartbeat(const Request& request, Outgoing& out) {
+  DJINN_ASSIGN_OR_RETURN(SessionRecord * record, authorize(request));
+  out.reply.mutable_heartbeat()->set_lease_remaining_s(
+      std::chrono::duration<double>(record->lease_deadline - Clock::now()).count());
+  return {};
+}
+
+nlohmann::json Server::stats_json() const {
+  nlohmann::json stats = runtime_->stats_json();
+  nlohmann::json sessions = nlohmann::json::array();
+  const auto now = Clock::now();
+  for (const auto& [id, record] : sessions_) {
+    const InferenceSession* s = *runtime_->session(id);
+    sessions.push_back({{"id", id},
+                        {"model", record.model},
+                        {"length", s->length()},
+                        {"capacity", s->capacity()},
+                        {"phase", record.phase == SessionPhase::kIoWait ? "IO_WAIT" : "COMPUTE"},
+                        {"estimated_resume_ms", record.estimated_resume_ms},
+                        {"lease_remaining_s", std::chrono::duration<double>(record.lease_deadline - now).count()}});
+  }
+  stats["sessions"] = sessions;
+  stats["policy"] = options_.policy;
+  stats["endpoints"] = endpoints_;
+  stats["counters"] = {{"requests", counters_.requests},
+                       {"replies", counters_.replies},
+                       {"requests_by_type", counters_.requests_by_type},
+                       {"errors", counters_.errors},
+                       {"sessions_opened", counters_.sessions_opened},
+                       {"sessions_closed", counters_.sessions_closed},
+                       {"leases_expired", counters_.leases_expired},
+                       {"phase_signals", counters_.phase_signals},
+                       {"graphs_uploaded", counters_.graphs_uploaded},
+                       {"graphs_stored", graphs_.size()}};
+  return stats;
+}
+
+}  // namespace djinn::rpc

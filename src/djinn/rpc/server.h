@@ -1,0 +1,127 @@
+// Server: `djinn serve`. A ZeroMQ ROUTER socket (one or more tcp:// / ipc:// /
+// inproc:// endpoints) in front of one Runtime.
+//
+// Threads: serve() runs the whole request path on the calling thread — receive,
+// decode, execute, reply — so a warm request costs no thread hop inside djinn (the
+// only wake-ups are ZeroMQ's own I/O threads). The Scheduler issue moves execution to
+// a per-device scheduler thread. stop() may be called from any thread or a signal
+// handler.
+//
+// Sessions are private: OpenSession returns a random 128-bit token that every later
+// call on the session must carry; a wrong or missing token is refused and counted.
+// Every call on a session renews its lease (--session-lease-s; an IO_WAIT signal with
+// an estimated resume time extends it past that time); a session whose lease runs out
+// is closed and its arena returns to the Data segment.
+//
+// Bad input never takes the server down: every malformed request gets an error reply
+// naming the problem and is counted in Stats; nothing it allocated outlives it.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <map>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <random>
+#include <string>
+#include <unordered_map>
+#include <vector>
+#include <zmq.hpp>
+
+#include "djinn/rpc/djinn.pb.h"
+#include "djinn/rpc/wire.h"
+#include "djinn/runtime/runtime.h"
+
+namespace djinn::rpc {
+
+struct ServerOptions {
+  std::vector<std::string> listen = {"tcp://127.0.0.1:5556"};
+  RuntimeOptions runtime;
+  std::string policy = "proactive";  // proactive | reactive | none | lru (swapping: the Scheduler issue)
+  double idle_timeout_s = 30;        // reactive policy
+  double session_lease_s = 300;      // a session not heard from for this long is closed
+  double max_request_mb = 256;       // larger requests are refused
+};
+
+// Why requests failed; every one is counted in Stats under "errors".
+struct ServerCounters {
+  uint64_t requests = 0;
+  uint64_t replies = 0;
+  std::map<std::string, uint64_t> requests_by_type;
+  std::map<std::string, uint64_t> errors;  // malformed, bad_token, unknown_session, too_large, ...
+  uint64_t sessions_opened = 0;
+  uint64_t sessions_closed = 0;
+  uint64_t leases_expired = 0;
+  uint64_t phase_signals = 0;
+  uint64_t graphs_uploaded = 0;
+};
+
+class Server {
+ public:
+  static Result<std::unique_ptr<Server>> create(const ServerOptions& options);
+  ~Server();
+
+  // Serves until stop(), then drains: closes every session and the sockets.
+  Status serve();
+  void stop() { stop_requested_.store(true, std::memory_order_relaxed); }
+  // The endpoints bound, wildcards resolved (tcp://127.0.0.1:* -> tcp://127.0.0.1:40123).
+  const std::vector<std::string>& endpoints() const { return endpoints_; }
+  // One line: address, device, VMU sizes, policy.
+  std::string describe() const;
+
+ private:
+  enum class SessionPhase : uint8_t { kCompute, kIoWait };
+  struct SessionRecord {
+    std::string token;
+    ModelId model = 0;
+    std::chrono::steady_clock::time_point lease_deadline;
+    SessionPhase phase = SessionPhase::kCompute;
+    double estimated_resume_ms = 0;
+  };
+  struct StoredGraph {
+    Graph graph{Phase::kPrefill};
+    std::vector<HostTensor> resident;   // weight and kv inputs, in input order
+    std::vector<bool> input_is_io;      // per graph input
+  };
+  struct Outgoing {
+    Reply reply;
+    std::vector<zmq::message_t> tensors;
+  };
+  using Clock = std::chrono::steady_clock;
+
+  Server(const ServerOptions& options, std::unique_ptr<Runtime> runtime);
+  void handle(zmq::message_t& identity, std::vector<zmq::message_t>& frames);
+  Status dispatch(const DecodedRequest& request, Outgoing& out);
+  Result<SessionRecord*> authorize(const Request& request);
+  void expire_leases();
+  void renew(SessionRecord& record);
+  void count_error(const std::string& kind);
+  void send(zmq::message_t& identity, Outgoing& out);
+  nlohmann::json stats_json() const;
+
+  Status on_hello(const Hello& hello, Outgoing& out);
+  Status on_load_model(const LoadModel& load, Outgoing& out);
+  Status on_open_session(const OpenSession& open, Outgoing& out);
+  Status on_close_session(const Request& request, Outgoing& out);
+  Status on_forward(const Request& request, Outgoing& out);
+  Status on_generate(const Request& request, Outgoing& out);
+  Status on_run_graph(const DecodedRequest& request, Outgoing& out);
+  Status on_signal_phase(const Request& request, Outgoing& out);
+  Status on_heartbeat(const Request& request, Outgoing& out);
+
+  ServerOptions options_;
+  std::unique_ptr<Runtime> runtime_;
+  zmq::context_t context_;
+  zmq::socket_t router_;
+  std::vector<std::string> endpoints_;
+  std::atomic<bool> stop_requested_{false};
+  std::map<SessionId, SessionRecord> sessions_;
+  std::unordered_map<uint64_t, StoredGraph> graphs_;
+  ServerCounters counters_;
+  uint64_t errors_total_ = 0;
+  std::mt19937_64 token_rng_;
+  Clock::time_point started_ = Clock::now();
+  Clock::time_point request_started_;
+};
+
+}  // namespace djinn::rpc
