@@ -10,6 +10,8 @@
 #include <iostream>
 #include <nlohmann/json.hpp>
 
+#include "djinn/cli/bench_os_tax.h"
+#include "djinn/cli/bench_stats.h"
 #include "djinn/cli/commands.h"
 #include "djinn/cli/model_options.h"
 #include "djinn/core/machine_info.h"
@@ -26,12 +28,6 @@ struct DecodeBenchOptions {
   bool json = false;
 };
 
-double percentile(std::vector<double> samples, double p) {
-  if (samples.empty()) return 0.0;
-  std::sort(samples.begin(), samples.end());
-  const auto index = static_cast<size_t>(p / 100.0 * static_cast<double>(samples.size() - 1) + 0.5);
-  return samples[std::min(index, samples.size() - 1)];
-}
 
 Status bench_decode(const DecodeBenchOptions& options) {
   DJINN_ASSIGN_OR_RETURN(LoadedModel loaded, load_model(options.model));
@@ -99,11 +95,6 @@ struct PlanCacheBenchOptions {
   bool json = false;
 };
 
-double mean(const std::vector<double>& samples) {
-  double sum = 0;
-  for (double s : samples) sum += s;
-  return samples.empty() ? 0.0 : sum / static_cast<double>(samples.size());
-}
 
 // One decode loop of n_tokens on a fresh session; with clear_each_token the plan
 // cache is emptied before every token (the original study's "cache off").
@@ -202,9 +193,19 @@ Command add_bench_command(CLI::App& app) {
   plans_cmd->add_option("--n-tokens", plans->n_tokens, "decode steps per loop (default 100)")
       ->check(CLI::Range(int64_t{1}, int64_t{1} << 20));
   plans_cmd->add_flag("--json", plans->json, "print JSON");
-  return {bench, [decode_cmd, decode, plans_cmd, plans]() -> Status {
+  auto os_tax = std::make_shared<OsTaxOptions>();
+  CLI::App* os_tax_cmd = bench->add_subcommand("os-tax", "Remote vs in-process execution, beside a plain-socket floor");
+  os_tax_cmd->add_option("--listen", os_tax->transport, "tcp or ipc")->check(CLI::IsMember({"tcp", "ipc"}));
+  os_tax_cmd->add_option("--iterations", os_tax->small_iterations, "micro_add and floor iterations (default 2000)")
+      ->check(CLI::Range(10, 1000000));
+  os_tax_cmd->add_option("--large-iterations", os_tax->large_iterations, "layer and full_forward iterations (default 10)")
+      ->check(CLI::Range(1, 100000));
+  os_tax_cmd->add_flag("--quick", os_tax->quick, "micro_add only");
+  os_tax_cmd->add_flag("--json", os_tax->json, "print JSON");
+  return {bench, [decode_cmd, decode, plans_cmd, plans, os_tax_cmd, os_tax]() -> Status {
             if (decode_cmd->parsed()) return bench_decode(*decode);
             if (plans_cmd->parsed()) return bench_plan_cache(*plans);
+            if (os_tax_cmd->parsed()) return bench_os_tax(*os_tax);
             return invalid_argument("unknown benchmark");
           }};
 }

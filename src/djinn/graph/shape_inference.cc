@@ -62,7 +62,7 @@ Result<ValueType> infer_output_type(OpKind op, const OpAttrs& attrs, std::span<c
       if (!float_matrix(in[0]) || !is_vector(in[1]) || in[1].dtype != DType::kI32 ||
           !(in[1].shape[0] == in[0].shape[0]))
         return mismatch(op, in, "needs x[rows, W] and i32 positions[rows]");
-      if (attrs.head_dim <= 0 || attrs.head_dim % 2 != 0 || !(attrs.rope_theta > 0.0f))
+      if (attrs.head_dim <= 0 || attrs.head_dim % 2 != 0 || attrs.head_dim > (int64_t{1} << 20) || !(attrs.rope_theta > 0.0f))
         return mismatch(op, in, "needs an even head_dim > 0 and rope_theta > 0");
       const Dim width = in[0].shape[1];
       if (!width.is_symbolic() && width.value % attrs.head_dim != 0)
@@ -71,7 +71,8 @@ Result<ValueType> infer_output_type(OpKind op, const OpAttrs& attrs, std::span<c
     }
     case OpKind::kSlice: {
       if (!float_matrix(in[0]) || in[0].shape[1].is_symbolic()) return mismatch(op, in, "needs x[rows, N]");
-      if (attrs.start < 0 || attrs.length <= 0 || attrs.start + attrs.length > in[0].shape[1].value)
+      if (attrs.start < 0 || attrs.length <= 0 || attrs.start > in[0].shape[1].value ||
+          attrs.length > in[0].shape[1].value - attrs.start)
         return mismatch(op, in, fmt::format("columns [{}, {}) out of range", attrs.start, attrs.start + attrs.length));
       return ValueType{DType::kF32, {in[0].shape[0], attrs.length}};
     }
@@ -83,7 +84,8 @@ Result<ValueType> infer_output_type(OpKind op, const OpAttrs& attrs, std::span<c
       if (!float_matrix(in[0]) || !float_matrix(in[1]) || !float_matrix(in[2]) || !(in[1].shape == in[2].shape))
         return mismatch(op, in, "needs q[seq, Hq], k_cache[capacity, Hkv], v_cache[capacity, Hkv]");
       const int64_t nh = attrs.n_heads, nkv = attrs.n_kv_heads, hd = attrs.head_dim;
-      if (nh <= 0 || nkv <= 0 || hd <= 0 || nh % nkv != 0)
+      constexpr int64_t kMaxHeadsOrDim = int64_t{1} << 20;  // keeps nh * hd far from overflow
+      if (nh <= 0 || nkv <= 0 || hd <= 0 || nh % nkv != 0 || nh > kMaxHeadsOrDim || hd > kMaxHeadsOrDim)
         return mismatch(op, in, fmt::format("bad heads: n_heads={} n_kv_heads={} head_dim={}", nh, nkv, hd));
       if (!(in[0].shape[1] == Dim(nh * hd)) || !(in[1].shape[1] == Dim(nkv * hd)))
         return mismatch(op, in, "widths disagree with heads x head_dim");

@@ -39,9 +39,11 @@ Result<SymShape> dims_from_proto(const google::protobuf::RepeatedPtrField<DimDef
 void graph_to_proto(const Graph& graph, GraphDef& out) {
   out.Clear();
   out.set_phase(phase_name(graph.phase()));
-  for (const Value& v : graph.values()) {
+  for (size_t id = 0; id < graph.values().size(); ++id) {
+    const Value& v = graph.values()[id];
     if (v.producer >= 0) continue;
     ValueDef* def = out.add_inputs();
+    def->set_position(static_cast<int32_t>(id));
     def->set_name(v.name);
     def->set_dtype(std::string(dtype_name(v.type.dtype)));
     def->set_lifetime(lifetime_name(v.lifetime));
@@ -76,7 +78,7 @@ Result<Graph> graph_from_proto(const GraphDef& def, const GraphLimits& limits) {
   else
     return invalid_argument(fmt::format("unknown graph phase '{}'", def.phase()));
   Graph graph(phase);
-  for (int i = 0; i < def.inputs_size(); ++i) {
+  auto add_input = [&](int i) -> Status {
     const ValueDef& v = def.inputs(i);
     const std::optional<DType> dtype = parse_dtype(v.dtype());
     if (!dtype) return invalid_argument(fmt::format("graph input {}: unknown dtype '{}'", i, v.dtype()));
@@ -89,8 +91,9 @@ Result<Graph> graph_from_proto(const GraphDef& def, const GraphLimits& limits) {
       graph.add_io_input(v.name(), *dtype, std::move(shape));
     else
       return invalid_argument(fmt::format("graph input {}: unknown lifetime '{}'", i, v.lifetime()));
-  }
-  for (int i = 0; i < def.nodes_size(); ++i) {
+    return {};
+  };
+  auto add_node = [&](int i) -> Status {
     const NodeDef& n = def.nodes(i);
     const std::optional<OpKind> op = parse_op(n.op());
     if (!op) return invalid_argument(fmt::format("node {}: unknown op '{}'", i, n.op()));
@@ -108,6 +111,19 @@ Result<Graph> graph_from_proto(const GraphDef& def, const GraphLimits& limits) {
                         .scale = a.scale(), .rope_theta = a.rope_theta()};
     Result<ValueId> added = graph.try_add_node(*op, std::move(inputs), attrs);
     if (!added.ok()) return invalid_argument(fmt::format("node {}: {}", i, added.status().message()));
+    return {};
+  };
+  // Replay declarations in value-id order: an input goes in as soon as its position is reached.
+  int next_input = 0, next_node = 0;
+  while (next_input < def.inputs_size() || next_node < def.nodes_size()) {
+    const bool input_due = next_input < def.inputs_size() &&
+                           (next_node >= def.nodes_size() ||
+                            def.inputs(next_input).position() <= static_cast<int32_t>(graph.values().size()));
+    if (input_due) {
+      DJINN_RETURN_IF_ERROR(add_input(next_input++));
+    } else {
+      DJINN_RETURN_IF_ERROR(add_node(next_node++));
+    }
   }
   for (int32_t o : def.outputs()) {
     if (o < 0 || static_cast<size_t>(o) >= graph.values().size())

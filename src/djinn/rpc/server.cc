@@ -3,7 +3,11 @@
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
+#include <sys/random.h>
+
 #include <array>
+#include <cerrno>
+#include <cstring>
 
 #include "djinn/rpc/graph_codec.h"
 
@@ -46,6 +50,22 @@ uint64_t fnv1a(uint64_t h, const void* data, size_t n) {
 
 zmq::message_t tensor_frame(const HostTensor& t) { return zmq::message_t(t.bytes.data(), t.bytes.size()); }
 
+// 128 bits from the kernel's CSPRNG, as hex: a session token nobody can predict from
+// the tokens they were given.
+Result<std::string> random_token() {
+  uint64_t words[2];
+  size_t filled = 0;
+  while (filled < sizeof words) {
+    const ssize_t n = ::getrandom(reinterpret_cast<char*>(words) + filled, sizeof words - filled, 0);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return internal_error(fmt::format("getrandom: {}", std::strerror(errno)));
+    }
+    filled += static_cast<size_t>(n);
+  }
+  return fmt::format("{:016x}{:016x}", words[0], words[1]);
+}
+
 }  // namespace
 
 Result<std::unique_ptr<Server>> Server::create(const ServerOptions& options) {
@@ -69,8 +89,7 @@ Result<std::unique_ptr<Server>> Server::create(const ServerOptions& options) {
 }
 
 Server::Server(const ServerOptions& options, std::unique_ptr<Runtime> runtime)
-    : options_(options), runtime_(std::move(runtime)), context_(1), router_(context_, zmq::socket_type::router),
-      token_rng_(std::random_device{}()) {
+    : options_(options), runtime_(std::move(runtime)), context_(1), router_(context_, zmq::socket_type::router) {
   router_.set(zmq::sockopt::linger, 0);
   // Frames larger than the request limit (+ room for the header) are dropped by ZeroMQ
   // before they are buffered in full.
@@ -253,7 +272,10 @@ Status Server::on_hello(const Hello& hello, Outgoing& out) {
 Status Server::on_load_model(const LoadModel& load, Outgoing& out) {
   LoadOptions options;
   const std::optional<DType> dtype = parse_dtype(load.dtype().empty() ? "f32" : load.dtype());
-  if (!dtype || !is_floating(*dtype)) return invalid_argument(fmt::format("unknown weight dtype '{}'", load.dtype()));
+  if (!dtype || !is_floating(*dtype)) {
+    count_error("bad_dtype");
+    return invalid_argument(fmt::format("unknown weight dtype '{}'", load.dtype()));
+  }
   options.dtype = *dtype;
   options.seed = load.seed();
   Result<ModelId> id = runtime_->load_model(load.source(), options);
@@ -285,7 +307,7 @@ Status Server::on_open_session(const OpenSession& open, Outgoing& out) {
     return id.status();
   }
   SessionRecord record;
-  record.token = fmt::format("{:016x}{:016x}", token_rng_(), token_rng_());
+  DJINN_ASSIGN_OR_RETURN(record.token, random_token());
   record.model = static_cast<ModelId>(open.model_id());
   renew(record);
   OpenSessionReply* reply = out.reply.mutable_open_session();
@@ -341,8 +363,14 @@ Status Server::on_generate(const Request& request, Outgoing& out) {
 
 Status Server::on_run_graph(const DecodedRequest& decoded, Outgoing& out) {
   const RunGraph& run = decoded.request.run_graph();
+  constexpr int64_t kMaxPosition = int64_t{1} << 31;
+  if (run.seq() < 0 || run.seq() > kMaxPosition || run.past() < 0 || run.past() > kMaxPosition) {
+    count_error("bad_symbols");
+    return invalid_argument(fmt::format("seq {} / past {} must be in [0, 2^31]", run.seq(), run.past()));
+  }
   uint64_t id = run.graph_hash();
   std::span<const TensorView> io = decoded.tensors;
+  std::optional<StoredGraph> uploaded;  // stored only once it has run successfully
   if (run.has_graph()) {
     // Upload: the graph plus its resident (weight and kv) inputs; io inputs follow.
     Result<Graph> graph = graph_from_proto(run.graph());
@@ -368,16 +396,18 @@ Status Server::on_run_graph(const DecodedRequest& decoded, Outgoing& out) {
       stored.resident.push_back(std::move(resident));
     }
     io = io.subspan(next);
-    if (graphs_.size() >= kMaxGraphs && !graphs_.contains(id)) graphs_.erase(graphs_.begin());
-    graphs_.insert_or_assign(id, std::move(stored));
-    ++counters_.graphs_uploaded;
+    uploaded = std::move(stored);
   }
-  auto it = graphs_.find(id);
-  if (it == graphs_.end()) {
+  StoredGraph* found = nullptr;
+  if (uploaded) {
+    found = &*uploaded;
+  } else if (auto it = graphs_.find(id); it != graphs_.end()) {
+    found = &it->second;
+  } else {
     count_error("unknown_graph");
     return not_found(fmt::format("graph {:016x} is not known here: send it with the request", id));
   }
-  StoredGraph& stored = it->second;
+  StoredGraph& stored = *found;
   std::vector<TensorView> inputs;
   inputs.reserve(stored.input_is_io.size());
   size_t next_resident = 0, next_io = 0;
@@ -398,6 +428,11 @@ Status Server::on_run_graph(const DecodedRequest& decoded, Outgoing& out) {
   if (!outputs.ok()) {
     count_error("run_graph_failed");
     return outputs.status();
+  }
+  if (uploaded) {
+    if (graphs_.size() >= kMaxGraphs && !graphs_.contains(id)) graphs_.erase(graphs_.begin());
+    graphs_.insert_or_assign(id, std::move(*uploaded));
+    ++counters_.graphs_uploaded;
   }
   RunGraphReply* reply = out.reply.mutable_run_graph();
   reply->set_graph_hash(id);

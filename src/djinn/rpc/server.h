@@ -22,7 +22,7 @@
 #include <map>
 #include <memory>
 #include <nlohmann/json.hpp>
-#include <random>
+#include <optional>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -119,7 +119,6 @@ class Server {
   std::unordered_map<uint64_t, StoredGraph> graphs_;
   ServerCounters counters_;
   uint64_t errors_total_ = 0;
-  std::mt19937_64 token_rng_;
   Clock::time_point started_ = Clock::now();
   Clock::time_point request_started_;
 };

@@ -70,15 +70,12 @@ void DataSegment::release(SessionArena& arena) {
 }
 
 Status DataSegment::set_arena_bytes(size_t bytes) {
-  {
-    std::lock_guard lock(mutex_);
-    if (bytes == arena_bytes_) return {};
-    if (!live_.empty())
-      return invalid_argument(fmt::format("Data segment: cannot change the arena size from {} to {} while {} sessions are open",
-                                          format_bytes(arena_bytes_), format_bytes(bytes), live_.size()));
-  }
-  trim();
-  std::lock_guard lock(mutex_);
+  std::lock_guard lock(mutex_);  // one critical section: no arena can open in between
+  if (bytes == arena_bytes_) return {};
+  if (!live_.empty())
+    return invalid_argument(fmt::format("Data segment: cannot change the arena size from {} to {} while {} sessions are open",
+                                        format_bytes(arena_bytes_), format_bytes(bytes), live_.size()));
+  trim_locked();
   arena_bytes_ = bytes;
   return {};
 }
@@ -90,6 +87,10 @@ size_t DataSegment::arena_bytes() const {
 
 size_t DataSegment::trim() {
   std::lock_guard lock(mutex_);
+  return trim_locked();
+}
+
+size_t DataSegment::trim_locked() {
   size_t returned = 0;
   for (std::byte* base : cached_) {
     region_.give_back(base);
@@ -122,9 +123,12 @@ DataStats DataSegment::stats() const {
   const size_t live_bytes = live_.size() * arena_bytes_;
   s.internal_fragmentation = live_bytes == 0 ? 0.0 : 1.0 - static_cast<double>(stats_.used) / static_cast<double>(live_bytes);
   if (arena_bytes_ > 0) {
-    const size_t free_total = region_.free_bytes() + cached_.size() * arena_bytes_;
-    const size_t usable = (region_.extents_that_fit(arena_bytes_) + cached_.size()) * arena_bytes_;
-    s.external_fragmentation = free_total == 0 ? 0.0 : 1.0 - static_cast<double>(usable) / static_cast<double>(free_total);
+    // Of the arenas the free memory could hold if it were one range, how many cannot be
+    // placed because of how it is split. Arena extents are page-rounded.
+    const size_t extent = (arena_bytes_ + kRegionAlignment - 1) / kRegionAlignment * kRegionAlignment;
+    const size_t ideal = region_.free_bytes() / extent + cached_.size();
+    const size_t actual = region_.extents_that_fit(arena_bytes_) + cached_.size();
+    s.external_fragmentation = ideal == 0 ? 0.0 : 1.0 - static_cast<double>(actual) / static_cast<double>(ideal);
   }
   return s;
 }

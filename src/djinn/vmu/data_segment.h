@@ -9,8 +9,9 @@
 //    without touching the region; trim() gives cached arenas back to the region.
 // Fragmentation (stats):
 //  - internal = 1 - used / (live arenas x arena_bytes): reserved but unused arena bytes;
-//  - external = 1 - (bytes that could become arenas) / (free region bytes + cached
-//    arena bytes): free memory split into pieces smaller than an arena.
+//  - external = 1 - (arenas that fit the free ranges as they are + cached arenas) /
+//    (arenas the free bytes would hold as one range + cached arenas): free memory
+//    split into pieces smaller than an arena.
 // Threads: thread-safe; one SessionArena is used by one thread at a time.
 #pragma once
 
@@ -78,7 +79,8 @@ class DataSegment {
  private:
   friend class SessionArena;
   void release(SessionArena& arena);
-  void note_allocation(size_t grown_bytes);  // an arena's bump pointer moved up
+  void note_allocation(size_t grown_bytes);
+  size_t trim_locked();  // an arena's bump pointer moved up
 
   VmuRegion& region_;
   mutable std::mutex mutex_;

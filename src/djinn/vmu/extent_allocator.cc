@@ -4,13 +4,20 @@
 
 namespace djinn {
 
-ExtentAllocator::ExtentAllocator(size_t capacity, size_t alignment)
-    : capacity_(capacity / alignment * alignment), alignment_(alignment), free_bytes_(capacity_) {
+namespace {
+size_t checked_alignment(size_t alignment) {
   DJINN_CHECK(alignment > 0 && (alignment & (alignment - 1)) == 0, "alignment {} is not a power of two", alignment);
+  return alignment;
+}
+}  // namespace
+
+ExtentAllocator::ExtentAllocator(size_t capacity, size_t alignment)
+    : capacity_(capacity / checked_alignment(alignment) * alignment), alignment_(alignment), free_bytes_(capacity_) {
   if (capacity_ > 0) free_.emplace(0, capacity_);
 }
 
 std::optional<size_t> ExtentAllocator::allocate(size_t bytes) {
+  if (bytes > capacity_) return std::nullopt;  // also keeps round_up from wrapping
   const size_t size = round_up(bytes == 0 ? 1 : bytes);
   for (auto it = free_.begin(); it != free_.end(); ++it) {
     if (it->second < size) continue;
@@ -52,6 +59,7 @@ size_t ExtentAllocator::largest_free_extent() const {
 }
 
 size_t ExtentAllocator::extents_that_fit(size_t bytes) const {
+  if (bytes > capacity_) return 0;
   const size_t size = round_up(bytes == 0 ? 1 : bytes);
   size_t count = 0;
   for (const auto& [offset, free_size] : free_) count += free_size / size;

@@ -35,6 +35,7 @@ class ExtentAllocator {
   size_t extents_that_fit(size_t bytes) const;
   size_t extent_size(size_t offset) const;  // size of the live extent at `offset`
   size_t live_extents() const { return allocated_.size(); }
+  // Rounds up to the alignment; `bytes` must be <= capacity() (callers check first).
   size_t round_up(size_t bytes) const { return (bytes + alignment_ - 1) / alignment_ * alignment_; }
   Status check_invariants() const;
 

@@ -11,6 +11,8 @@ namespace djinn {
 
 Result<std::unique_ptr<HostPool>> HostPool::create(size_t bytes) {
   bytes = bytes / kSliceAlignment * kSliceAlignment;
+  if (bytes > (size_t{1} << 50))
+    return out_of_memory(fmt::format("HostPool: {} is more than any machine has", format_bytes(bytes)));
   std::byte* base = nullptr;
   if (bytes > 0) {
     base = static_cast<std::byte*>(std::aligned_alloc(4096, (bytes + 4095) / 4096 * 4096));

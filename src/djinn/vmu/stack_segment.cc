@@ -30,9 +30,24 @@ Status StackSegment::grow_locked(size_t bytes, std::string_view who) {
   if (open_frames_ > 0)
     return out_of_memory(fmt::format("Stack segment: {} asked for {} while a frame is open; capacity {}", who,
                                      format_bytes(bytes), format_bytes(stats_.capacity)));
-  DJINN_ASSIGN_OR_RETURN(std::byte * grown, region_.take(bytes, "Stack", who));
+  // No frame is open, so the old extent holds nothing: give it back first, so growing
+  // needs only the new size free, not old + new.
+  const size_t old_capacity = stats_.capacity;
   if (base_ != nullptr) region_.give_back(base_);
-  base_ = grown;
+  base_ = nullptr;
+  stats_.capacity = 0;
+  Result<std::byte*> grown = region_.take(bytes, "Stack", who);
+  if (!grown.ok()) {
+    if (old_capacity > 0) {  // best effort: keep the old stack
+      Result<std::byte*> old = region_.take(old_capacity, "Stack", who);
+      if (old.ok()) {
+        base_ = *old;
+        stats_.capacity = old_capacity;
+      }
+    }
+    return grown.status();
+  }
+  base_ = *grown;
   stats_.capacity = bytes;
   return {};
 }
@@ -45,6 +60,9 @@ Status StackSegment::reserve(size_t bytes, std::string_view who) {
 Result<StackFrame> StackSegment::push(size_t bytes, std::string_view who) {
   std::lock_guard lock(mutex_);
   const size_t start = (stats_.used + kFrameAlignment - 1) / kFrameAlignment * kFrameAlignment;
+  if (bytes > region_.capacity() || start > region_.capacity() - bytes)
+    return out_of_memory(fmt::format("Stack segment: {} asked for a frame of {}; the VMU holds {}", who,
+                                     format_bytes(bytes), format_bytes(region_.capacity())));
   if (start + bytes > stats_.capacity) DJINN_RETURN_IF_ERROR(grow_locked(start + bytes, who));
   StackFrame frame;
   frame.stack_ = this;

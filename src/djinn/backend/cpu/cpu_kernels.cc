@@ -209,7 +209,7 @@ Status slice(const TensorView& x, int64_t start, int64_t length, const TensorVie
 Status kv_append(const TensorView& cache, const TensorView& fresh, int64_t past) {
   const int64_t capacity = cache.dim(0), width = cache.dim(1), seq = fresh.dim(0);
   if (past < 0) return out_of_range(fmt::format("kv_append at negative position {}", past));
-  if (past + seq > capacity)
+  if (past > capacity || seq > capacity - past)
     return out_of_range(fmt::format("kv cache full: {} tokens cached + {} new > capacity {}", past, seq, capacity));
   for (int64_t r = 0; r < seq; ++r)
     convert_from_f32(fresh.as<const float>() + r * width, static_cast<size_t>(width), cache.dtype,
@@ -222,10 +222,10 @@ Status attention(const TensorView& q, const TensorView& k_cache, const TensorVie
   const int64_t seq = q.dim(0), capacity = k_cache.dim(0);
   const int64_t n_heads = attrs.n_heads, head_dim = attrs.head_dim;
   const int64_t group = attrs.n_heads / attrs.n_kv_heads;  // query heads per KV head
-  const int64_t total = past + seq;
   if (past < 0) return out_of_range(fmt::format("attention at negative position {}", past));
-  if (total > capacity)
-    return out_of_range(fmt::format("attention over {} positions exceeds the kv capacity {}", total, capacity));
+  if (past > capacity || seq > capacity - past)
+    return out_of_range(fmt::format("attention over {} + {} positions exceeds the kv capacity {}", past, seq, capacity));
+  const int64_t total = past + seq;
   std::vector<float> scores(static_cast<size_t>(total));
   std::vector<float> k_scratch, v_scratch;
   for (int64_t i = 0; i < seq; ++i) {

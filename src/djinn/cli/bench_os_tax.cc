@@ -1,0 +1,384 @@
+// `djinn bench os-tax`: what remote execution costs over running in-process.
+//
+// For each workload — micro_add (one 1x1 add), layer (one transformer block over
+// 4 x 128 rows of hidden 512), full_forward (the gpt2 preset over 128 tokens) — it
+// measures in the same run:
+//   native  the in-process Runtime (the library path);
+//   cold    the first remote call on a fresh server (graph upload, meta-simulation, plan);
+//   warm    later remote calls;
+// and beside them the floor: a 64-byte ping-pong over a plain socket of the same kind
+// (TCP with TCP_NODELAY, or a Unix socket). The server is a separate `djinn serve`
+// process, so nothing is shared but the socket.
+//
+// Thread hops on the warm path (see rpc/server.h): client thread -> ZeroMQ I/O thread
+// -> socket -> server's ZeroMQ I/O thread -> server thread, which decodes, executes and
+// replies with no further hop; the reply takes the same way back. The floor has one
+// wake-up per direction, ZeroMQ adds its I/O threads' on both sides.
+#include <fmt/format.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <iostream>
+#include <random>
+#include <thread>
+
+#include "djinn/cli/bench_os_tax.h"
+#include "djinn/cli/bench_stats.h"
+#include "djinn/core/machine_info.h"
+#include "djinn/rpc/client.h"
+#include "djinn/runtime/runtime.h"
+
+extern char** environ;
+
+namespace djinn::cli {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+double us_since(Clock::time_point t) { return std::chrono::duration<double, std::micro>(Clock::now() - t).count(); }
+
+// ---- the floor: 64-byte ping-pong over a plain socket ---------------------------
+
+Status full_io(int fd, char* data, size_t n, bool write_side) {
+  size_t done = 0;
+  while (done < n) {
+    const ssize_t r = write_side ? ::write(fd, data + done, n - done) : ::read(fd, data + done, n - done);
+    if (r <= 0) return internal_error(fmt::format("ping-pong socket: {}", r == 0 ? "closed" : std::strerror(errno)));
+    done += static_cast<size_t>(r);
+  }
+  return {};
+}
+
+Result<std::vector<double>> ping_pong_floor(bool tcp, int iterations) {
+  int listener = tcp ? ::socket(AF_INET, SOCK_STREAM, 0) : ::socket(AF_UNIX, SOCK_STREAM, 0);
+  if (listener < 0) return internal_error("floor: socket()");
+  sockaddr_storage address{};
+  socklen_t length;
+  std::string unix_path;
+  if (tcp) {
+    auto* in = reinterpret_cast<sockaddr_in*>(&address);
+    in->sin_family = AF_INET;
+    in->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    length = sizeof(sockaddr_in);
+  } else {
+    auto* un = reinterpret_cast<sockaddr_un*>(&address);
+    un->sun_family = AF_UNIX;
+    unix_path = fmt::format("/tmp/djinn-floor-{}.sock", ::getpid());
+    ::unlink(unix_path.c_str());
+    std::snprintf(un->sun_path, sizeof un->sun_path, "%s", unix_path.c_str());
+    length = sizeof(sockaddr_un);
+  }
+  if (::bind(listener, reinterpret_cast<sockaddr*>(&address), length) != 0 || ::listen(listener, 1) != 0)
+    return internal_error(fmt::format("floor: bind/listen: {}", std::strerror(errno)));
+  ::getsockname(listener, reinterpret_cast<sockaddr*>(&address), &length);
+  std::thread echo([listener, iterations] {
+    const int fd = ::accept(listener, nullptr, nullptr);
+    if (fd < 0) return;
+    const int one = 1;
+    ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    char buffer[64];
+    for (int i = 0; i < iterations; ++i)
+      if (!full_io(fd, buffer, 64, false).ok() || !full_io(fd, buffer, 64, true).ok()) break;
+    ::close(fd);
+  });
+  const int fd = ::socket(tcp ? AF_INET : AF_UNIX, SOCK_STREAM, 0);
+  const int one = 1;
+  if (tcp) ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+  std::vector<double> samples;
+  Status status;
+  if (::connect(fd, reinterpret_cast<sockaddr*>(&address), length) != 0) {
+    status = internal_error(fmt::format("floor: connect: {}", std::strerror(errno)));
+  } else {
+    char buffer[64] = {};
+    for (int i = 0; i < iterations && status.ok(); ++i) {
+      const auto start = Clock::now();
+      status = full_io(fd, buffer, 64, true);
+      if (status.ok()) status = full_io(fd, buffer, 64, false);
+      samples.push_back(us_since(start));
+    }
+  }
+  ::close(fd);
+  echo.join();
+  ::close(listener);
+  if (!unix_path.empty()) ::unlink(unix_path.c_str());
+  DJINN_RETURN_IF_ERROR(status);
+  return samples;
+}
+
+// ---- the server process ---------------------------------------------------------
+
+class ServerProcess {
+ public:
+  static Result<std::unique_ptr<ServerProcess>> start(const std::string& address) {
+    std::vector<std::string> args = {"djinn", "serve", "--listen", address, "--device-mem-gb", "2", "--session-lease-s",
+                                     "3600"};
+    std::vector<char*> argv;
+    for (std::string& a : args) argv.push_back(a.data());
+    argv.push_back(nullptr);
+    posix_spawn_file_actions_t actions;
+    posix_spawn_file_actions_init(&actions);
+    posix_spawn_file_actions_addopen(&actions, STDOUT_FILENO, "/dev/null", O_WRONLY, 0);
+    posix_spawn_file_actions_addopen(&actions, STDERR_FILENO, "/dev/null", O_WRONLY, 0);
+    pid_t pid;
+    const int rc = posix_spawn(&pid, "/proc/self/exe", &actions, nullptr, argv.data(), environ);
+    posix_spawn_file_actions_destroy(&actions);
+    if (rc != 0) return internal_error(fmt::format("cannot start the server process: {}", std::strerror(rc)));
+    return std::unique_ptr<ServerProcess>(new ServerProcess(pid));
+  }
+  ~ServerProcess() {
+    ::kill(pid_, SIGTERM);
+    int status;
+    ::waitpid(pid_, &status, 0);
+  }
+
+ private:
+  explicit ServerProcess(pid_t pid) : pid_(pid) {}
+  pid_t pid_;
+};
+
+std::string free_tcp_address() {
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in in{};
+  in.sin_family = AF_INET;
+  in.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t length = sizeof in;
+  ::bind(fd, reinterpret_cast<sockaddr*>(&in), length);
+  ::getsockname(fd, reinterpret_cast<sockaddr*>(&in), &length);
+  const int port = ntohs(in.sin_port);
+  ::close(fd);
+  return fmt::format("tcp://127.0.0.1:{}", port);
+}
+
+// ---- workloads ------------------------------------------------------------------
+
+struct GraphWorkload {
+  Graph graph{Phase::kPrefill};
+  std::vector<HostTensor> resident;  // weight and kv inputs, graph-input order
+  std::vector<HostTensor> io;        // io inputs, graph-input order
+  SymbolBindings symbols;
+};
+
+HostTensor random_tensor(Shape shape, std::mt19937& rng, float scale) {
+  HostTensor t{DType::kF32, shape, std::vector<std::byte>(static_cast<size_t>(num_elements(shape)) * 4)};
+  std::uniform_real_distribution<float> dist(-scale, scale);
+  auto* p = reinterpret_cast<float*>(t.bytes.data());
+  for (int64_t i = 0; i < num_elements(shape); ++i) p[i] = dist(rng);
+  return t;
+}
+
+GraphWorkload micro_add() {
+  GraphWorkload w;
+  const ValueId a = w.graph.add_io_input("a", DType::kF32, {1, 1});
+  const ValueId b = w.graph.add_io_input("b", DType::kF32, {1, 1});
+  w.graph.mark_output(w.graph.add_node(OpKind::kAdd, {a, b}));
+  std::mt19937 rng(1);
+  w.io = {random_tensor({1, 1}, rng, 1), random_tensor({1, 1}, rng, 1)};
+  w.symbols = {.seq = 1, .past = 0};
+  return w;
+}
+
+// One pre-LayerNorm GPT-2 block over rows = batch x seq tokens of width `hidden`.
+// Our attention op attends within one sequence, so the 4 x 128 rows attend causally
+// as one sequence of 512 (a little more attention work than 4 separate sequences).
+GraphWorkload transformer_layer(int64_t rows, int64_t hidden, int64_t heads) {
+  GraphWorkload w;
+  Graph& g = w.graph;
+  std::mt19937 rng(2);
+  const float scale = 1.0f / std::sqrt(static_cast<float>(hidden));
+  auto weight = [&](const char* name, Shape shape, float s) {
+    w.resident.push_back(random_tensor(shape, rng, s));
+    SymShape sym;
+    for (int64_t d : shape) sym.dims.emplace_back(d);
+    return g.add_weight(name, DType::kF32, sym);
+  };
+  auto layernorm = [&](ValueId x, const char* name) {
+    return g.add_node(OpKind::kLayerNorm, {x, weight(name, {hidden}, 1.0f), weight(name, {hidden}, 0.1f)},
+                      OpAttrs{.eps = 1e-5f});
+  };
+  auto linear = [&](ValueId x, const char* name, int64_t in, int64_t out) {
+    return g.add_node(OpKind::kAdd, {g.add_node(OpKind::kMatMul, {x, weight(name, {in, out}, scale)}),
+                                     weight(name, {out}, 0.01f)});
+  };
+  const ValueId k_cache = g.add_kv("kv.0.k", DType::kF32, {rows, hidden});
+  w.resident.push_back(random_tensor({rows, hidden}, rng, 0));
+  const ValueId v_cache = g.add_kv("kv.0.v", DType::kF32, {rows, hidden});
+  w.resident.push_back(random_tensor({rows, hidden}, rng, 0));
+  const ValueId x = g.add_io_input("x", DType::kF32, {Symbol::kSeq, hidden});
+  const ValueId qkv = linear(layernorm(x, "ln_1"), "c_attn", hidden, 3 * hidden);
+  auto split = [&](int64_t i) { return g.add_node(OpKind::kSlice, {qkv}, OpAttrs{.start = i * hidden, .length = hidden}); };
+  const ValueId attn = g.add_node(
+      OpKind::kAttention,
+      {split(0), g.add_node(OpKind::kKvAppend, {k_cache, split(1)}), g.add_node(OpKind::kKvAppend, {v_cache, split(2)})},
+      OpAttrs{.n_heads = heads, .n_kv_heads = heads, .head_dim = hidden / heads,
+              .scale = 1.0f / std::sqrt(static_cast<float>(hidden / heads))});
+  const ValueId h = g.add_node(OpKind::kAdd, {x, linear(attn, "c_proj", hidden, hidden)});
+  const ValueId up = g.add_node(OpKind::kGeluNew, {linear(layernorm(h, "ln_2"), "c_fc", hidden, 4 * hidden)});
+  g.mark_output(g.add_node(OpKind::kAdd, {h, linear(up, "mlp_proj", 4 * hidden, hidden)}));
+  w.io = {random_tensor({rows, hidden}, rng, 1)};
+  w.symbols = {.seq = rows, .past = 0};
+  return w;
+}
+
+std::vector<TensorView> views_of(std::vector<HostTensor>& tensors) {
+  std::vector<TensorView> views;
+  for (HostTensor& t : tensors) views.push_back(t.view());
+  return views;
+}
+
+struct RowResult {
+  std::string op;
+  int iterations = 0;
+  std::vector<double> native_us, warm_us, server_us;
+  double cold_us = 0;
+};
+
+Result<RowResult> measure_graph(const std::string& name, GraphWorkload w, Runtime& native, Client& client, int iterations) {
+  RowResult row{name, iterations, {}, {}, {}, 0};
+  // Native: all inputs in value-id order, as run_graph takes them.
+  std::vector<TensorView> all = views_of(w.resident);
+  std::vector<TensorView> io = views_of(w.io);
+  std::vector<TensorView> inputs;
+  {
+    size_t r = 0, i = 0;
+    for (const Value& v : w.graph.values()) {
+      if (v.producer >= 0) continue;
+      inputs.push_back(v.lifetime == LifetimeClass::kIo ? io[i++] : all[r++]);
+    }
+  }
+  DJINN_RETURN_IF_ERROR(native.run_graph(w.graph, inputs, w.symbols));  // warm the native plan too
+  for (int i = 0; i < iterations; ++i) {
+    const auto start = Clock::now();
+    DJINN_RETURN_IF_ERROR(native.run_graph(w.graph, inputs, w.symbols));
+    row.native_us.push_back(us_since(start));
+  }
+  RemoteGraph remote(client, w.graph, all);
+  rpc::StepTiming timing;
+  auto start = Clock::now();
+  DJINN_RETURN_IF_ERROR(remote.run(io, w.symbols, &timing));
+  row.cold_us = us_since(start);
+  for (int i = 0; i < iterations; ++i) {
+    start = Clock::now();
+    DJINN_RETURN_IF_ERROR(remote.run(io, w.symbols, &timing));
+    row.warm_us.push_back(us_since(start));
+    row.server_us.push_back(timing.server_us());
+  }
+  return row;
+}
+
+Result<RowResult> measure_full_forward(Runtime& native, Client& client, int iterations, int64_t seq) {
+  RowResult row{"full_forward", iterations, {}, {}, {}, 0};
+  DJINN_ASSIGN_OR_RETURN(ModelId model, native.load_model("gpt2"));
+  const auto config = (*native.model(model))->config();
+  std::vector<int32_t> tokens(static_cast<size_t>(seq));
+  std::mt19937 rng(3);
+  for (int32_t& t : tokens) t = static_cast<int32_t>(rng() % static_cast<uint32_t>(config.vocab_size));
+  auto native_forward = [&]() -> Result<double> {
+    DJINN_ASSIGN_OR_RETURN(SessionId s, native.open_session(model, seq));
+    const auto start = Clock::now();
+    Result<ForwardResult> r = native.forward(s, tokens);
+    const double us = us_since(start);
+    DJINN_RETURN_IF_ERROR(native.close_session(s));
+    DJINN_RETURN_IF_ERROR(r);
+    return us;
+  };
+  DJINN_RETURN_IF_ERROR(native_forward());  // warm
+  for (int i = 0; i < iterations; ++i) {
+    DJINN_ASSIGN_OR_RETURN(double us, native_forward());
+    row.native_us.push_back(us);
+  }
+  DJINN_ASSIGN_OR_RETURN(rpc::LoadModelReply loaded, client.load_model("gpt2"));
+  auto remote_forward = [&](double* server_us) -> Result<double> {
+    DJINN_ASSIGN_OR_RETURN(RemoteSession s, client.open_session(loaded.model_id(), seq));
+    const auto start = Clock::now();
+    Result<RemoteForwardResult> r = s.forward(tokens);
+    const double us = us_since(start);
+    DJINN_RETURN_IF_ERROR(s.close());
+    DJINN_RETURN_IF_ERROR(r);
+    if (server_us != nullptr) *server_us = r->timing.server_us();
+    return us;
+  };
+  DJINN_ASSIGN_OR_RETURN(row.cold_us, remote_forward(nullptr));
+  for (int i = 0; i < iterations; ++i) {
+    double server_us = 0;
+    DJINN_ASSIGN_OR_RETURN(double us, remote_forward(&server_us));
+    row.warm_us.push_back(us);
+    row.server_us.push_back(server_us);
+  }
+  return row;
+}
+
+}  // namespace
+
+Status bench_os_tax(const OsTaxOptions& options) {
+  if (options.transport != "tcp" && options.transport != "ipc")
+    return invalid_argument(fmt::format("--listen must be tcp or ipc, not '{}'", options.transport));
+  const bool tcp = options.transport == "tcp";
+  DJINN_ASSIGN_OR_RETURN(std::vector<double> floor, ping_pong_floor(tcp, options.small_iterations));
+
+  const std::string address = tcp ? free_tcp_address() : fmt::format("ipc:///tmp/djinn-os-tax-{}.ipc", ::getpid());
+  DJINN_ASSIGN_OR_RETURN(std::unique_ptr<ServerProcess> server, ServerProcess::start(address));
+  ClientOptions client_options;
+  client_options.name = "djinn bench os-tax";
+  client_options.timeout_s = 60;
+  DJINN_ASSIGN_OR_RETURN(std::unique_ptr<Client> client, Client::connect(address, client_options));
+  RuntimeOptions runtime_options;
+  runtime_options.device_mem_gb = 2;
+  DJINN_ASSIGN_OR_RETURN(std::unique_ptr<Runtime> native, Runtime::create(runtime_options));
+
+  std::vector<RowResult> rows;
+  DJINN_ASSIGN_OR_RETURN(RowResult add, measure_graph("micro_add", micro_add(), *native, *client, options.small_iterations));
+  rows.push_back(std::move(add));
+  if (!options.quick) {
+    DJINN_ASSIGN_OR_RETURN(RowResult layer, measure_graph("layer", transformer_layer(512, 512, 8), *native, *client,
+                                                          options.large_iterations));
+    rows.push_back(std::move(layer));
+    DJINN_ASSIGN_OR_RETURN(RowResult forward, measure_full_forward(*native, *client, options.large_iterations, 128));
+    rows.push_back(std::move(forward));
+  }
+
+  const double floor_p50 = percentile(floor, 50);
+  nlohmann::json out = {{"benchmark", "os-tax"},
+                        {"machine", to_json(machine_info())},
+                        {"transport", options.transport},
+                        {"floor_us_p50", floor_p50},
+                        {"floor_us_p99", percentile(floor, 99)},
+                        {"server", "separate djinn serve process, cpu"},
+                        {"rows", nlohmann::json::array()}};
+  for (const RowResult& r : rows) {
+    const double native_p50 = percentile(r.native_us, 50), warm_p50 = percentile(r.warm_us, 50);
+    out["rows"].push_back({{"op", r.op},
+                           {"iterations", r.iterations},
+                           {"native_us_p50", native_p50},
+                           {"cold_us", r.cold_us},
+                           {"warm_us_p50", warm_p50},
+                           {"warm_us_p99", percentile(r.warm_us, 99)},
+                           {"server_us_p50", percentile(r.server_us, 50)},
+                           {"overhead_us_p50", warm_p50 - native_p50},
+                           {"overhead_pct", native_p50 > 0 ? 100.0 * (warm_p50 - native_p50) / native_p50 : 0.0},
+                           {"overhead_over_floor", floor_p50 > 0 ? (warm_p50 - native_p50) / floor_p50 : 0.0},
+                           {"cold_minus_warm_us", r.cold_us - warm_p50},
+                           {"samples", {{"native_us", r.native_us}, {"warm_us", r.warm_us}}}});
+  }
+  if (options.json) {
+    std::cout << out.dump(2) << '\n';
+    return {};
+  }
+  fmt::print("bench os-tax over {} ({}), floor: 64-byte ping-pong p50 {:.1f} us\n", options.transport,
+             machine_info().cpu_model, floor_p50);
+  fmt::print("  {:<13} {:>12} {:>12} {:>12} {:>12} {:>12} {:>9}\n", "op", "native p50", "cold", "warm p50", "warm p99",
+             "overhead", "x floor");
+  for (const nlohmann::json& r : out["rows"])
+    fmt::print("  {:<13} {:>9.1f} us {:>9.1f} us {:>9.1f} us {:>9.1f} us {:>9.1f} us {:>9.2f}\n", r["op"].get<std::string>(),
+               r["native_us_p50"].get<double>(), r["cold_us"].get<double>(), r["warm_us_p50"].get<double>(),
+               r["warm_us_p99"].get<double>(), r["overhead_us_p50"].get<double>(), r["overhead_over_floor"].get<double>());
+  return {};
+}
+
+}  // namespace djinn::cli

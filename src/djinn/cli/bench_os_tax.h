@@ -1,0 +1,20 @@
+// `djinn bench os-tax`: remote vs in-process execution, beside a plain-socket floor.
+#pragma once
+
+#include <string>
+
+#include "djinn/core/status.h"
+
+namespace djinn::cli {
+
+struct OsTaxOptions {
+  std::string transport = "tcp";  // tcp | ipc
+  int small_iterations = 2000;    // micro_add and the floor
+  int large_iterations = 10;      // layer and full_forward
+  bool quick = false;             // micro_add only
+  bool json = false;
+};
+
+Status bench_os_tax(const OsTaxOptions& options);
+
+}  // namespace djinn::cli
