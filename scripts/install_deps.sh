@@ -7,6 +7,8 @@ packages=(
   cmake ninja-build g++ pkg-config
   libopenblas-dev nlohmann-json3-dev libcli11-dev libspdlog-dev libfmt-dev
   libgtest-dev libgmock-dev libbenchmark-dev
+  libzmq3-dev cppzmq-dev libprotobuf-dev protobuf-compiler
+  clang-14 libclang-rt-14-dev
 )
 
 missing=()

@@ -201,6 +201,8 @@ Command add_bench_command(CLI::App& app) {
   os_tax_cmd->add_option("--large-iterations", os_tax->large_iterations, "layer and full_forward iterations (default 10)")
       ->check(CLI::Range(1, 100000));
   os_tax_cmd->add_flag("--quick", os_tax->quick, "micro_add only");
+  os_tax_cmd->add_option("--busy-poll-us", os_tax->busy_poll_us, "server and client busy-poll window (default 0)")
+      ->check(CLI::Range(0, 1000000));
   os_tax_cmd->add_flag("--json", os_tax->json, "print JSON");
   return {bench, [decode_cmd, decode, plans_cmd, plans, os_tax_cmd, os_tax]() -> Status {
             if (decode_cmd->parsed()) return bench_decode(*decode);

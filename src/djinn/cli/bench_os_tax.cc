@@ -34,6 +34,7 @@
 #include "djinn/cli/bench_stats.h"
 #include "djinn/core/machine_info.h"
 #include "djinn/rpc/client.h"
+#include "djinn/rpc/wire.h"
 #include "djinn/runtime/runtime.h"
 
 extern char** environ;
@@ -116,9 +117,9 @@ Result<std::vector<double>> ping_pong_floor(bool tcp, int iterations) {
 
 class ServerProcess {
  public:
-  static Result<std::unique_ptr<ServerProcess>> start(const std::string& address) {
+  static Result<std::unique_ptr<ServerProcess>> start(const std::string& address, int busy_poll_us) {
     std::vector<std::string> args = {"djinn", "serve", "--listen", address, "--device-mem-gb", "2", "--session-lease-s",
-                                     "3600"};
+                                     "3600", "--busy-poll-us", std::to_string(busy_poll_us)};
     std::vector<char*> argv;
     for (std::string& a : args) argv.push_back(a.data());
     argv.push_back(nullptr);
@@ -323,15 +324,25 @@ Status bench_os_tax(const OsTaxOptions& options) {
   DJINN_ASSIGN_OR_RETURN(std::vector<double> floor, ping_pong_floor(tcp, options.small_iterations));
 
   const std::string address = tcp ? free_tcp_address() : fmt::format("ipc:///tmp/djinn-os-tax-{}.ipc", ::getpid());
-  DJINN_ASSIGN_OR_RETURN(std::unique_ptr<ServerProcess> server, ServerProcess::start(address));
+  DJINN_ASSIGN_OR_RETURN(std::unique_ptr<ServerProcess> server, ServerProcess::start(address, options.busy_poll_us));
   ClientOptions client_options;
   client_options.name = "djinn bench os-tax";
   client_options.timeout_s = 60;
+  client_options.busy_poll_us = options.busy_poll_us;
   DJINN_ASSIGN_OR_RETURN(std::unique_ptr<Client> client, Client::connect(address, client_options));
   RuntimeOptions runtime_options;
   runtime_options.device_mem_gb = 2;
   DJINN_ASSIGN_OR_RETURN(std::unique_ptr<Runtime> native, Runtime::create(runtime_options));
 
+  // The protocol's own round trip: a Hello (decode, reply, no execution).
+  std::vector<double> hello_us;
+  for (int i = 0; i < options.small_iterations; ++i) {
+    rpc::Request hello;
+    hello.mutable_hello()->set_protocol_version(rpc::kProtocolVersion);
+    const auto start = Clock::now();
+    DJINN_RETURN_IF_ERROR(client->call(hello));
+    hello_us.push_back(us_since(start));
+  }
   std::vector<RowResult> rows;
   DJINN_ASSIGN_OR_RETURN(RowResult add, measure_graph("micro_add", micro_add(), *native, *client, options.small_iterations));
   rows.push_back(std::move(add));
@@ -347,6 +358,8 @@ Status bench_os_tax(const OsTaxOptions& options) {
   nlohmann::json out = {{"benchmark", "os-tax"},
                         {"machine", to_json(machine_info())},
                         {"transport", options.transport},
+                        {"busy_poll_us", options.busy_poll_us},
+                        {"hello_us_p50", percentile(hello_us, 50)},
                         {"floor_us_p50", floor_p50},
                         {"floor_us_p99", percentile(floor, 99)},
                         {"server", "separate djinn serve process, cpu"},
@@ -370,8 +383,8 @@ Status bench_os_tax(const OsTaxOptions& options) {
     std::cout << out.dump(2) << '\n';
     return {};
   }
-  fmt::print("bench os-tax over {} ({}), floor: 64-byte ping-pong p50 {:.1f} us\n", options.transport,
-             machine_info().cpu_model, floor_p50);
+  fmt::print("bench os-tax over {} ({}), busy-poll {} us: floor (64-byte ping-pong) p50 {:.1f} us, Hello round trip p50 {:.1f} us\n",
+             options.transport, machine_info().cpu_model, options.busy_poll_us, floor_p50, percentile(hello_us, 50));
   fmt::print("  {:<13} {:>12} {:>12} {:>12} {:>12} {:>12} {:>9}\n", "op", "native p50", "cold", "warm p50", "warm p99",
              "overhead", "x floor");
   for (const nlohmann::json& r : out["rows"])

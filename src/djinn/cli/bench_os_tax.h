@@ -12,6 +12,7 @@ struct OsTaxOptions {
   int small_iterations = 2000;    // micro_add and the floor
   int large_iterations = 10;      // layer and full_forward
   bool quick = false;             // micro_add only
+  int busy_poll_us = 0;           // server and client busy-poll window (0: block at once)
   bool json = false;
 };
 

@@ -57,6 +57,8 @@ Command add_serve_command(CLI::App& app) {
   command->add_option("--session-lease-s", s.session_lease_s, "close sessions not heard from for this long")
       ->check(CLI::PositiveNumber);
   command->add_option("--max-request-mb", s.max_request_mb, "refuse larger requests")->check(CLI::PositiveNumber);
+  command->add_option("--busy-poll-us", s.busy_poll_us, "spin this long for the next request before sleeping (0: never)")
+      ->check(CLI::Range(0, 1000000));
   return {command, [options] { return serve(*options); }};
 }
 

@@ -1,6 +1,7 @@
 #include "djinn/rpc/client.h"
 
 #include <fmt/format.h>
+#include <sched.h>
 
 #include "djinn/rpc/graph_codec.h"
 #include "djinn/rpc/wire.h"
@@ -59,6 +60,13 @@ Result<ReplyMessage> Client::receive(uint64_t correlation_id) {
       return message;
     }
     zmq::pollitem_t items[] = {{socket_.handle(), 0, ZMQ_POLLIN, 0}};
+    if (options_.busy_poll_us > 0) {  // see ClientOptions::busy_poll_us
+      const auto spin_start = std::chrono::steady_clock::now();
+      while (std::chrono::steady_clock::now() - spin_start < std::chrono::microseconds(options_.busy_poll_us)) {
+        if (socket_.get(zmq::sockopt::events) & ZMQ_POLLIN) break;
+        sched_yield();
+      }
+    }
     try {
       zmq::poll(items, 1, std::chrono::milliseconds(static_cast<int64_t>(options_.timeout_s * 1000)));
     } catch (const zmq::error_t& e) {

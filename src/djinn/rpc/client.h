@@ -28,6 +28,10 @@ namespace djinn {
 struct ClientOptions {
   std::string name = "djinn-client";
   double timeout_s = 120;  // a reply slower than this is an error
+  // Busy-poll for a reply this long (microseconds, yielding the core between looks)
+  // before sleeping in zmq_poll: saves the wake-up of the client thread when replies
+  // are quick, at the cost of a core. 0: never.
+  int busy_poll_us = 0;
 };
 
 // A reply and its tensor frames (views stay valid as long as the ReplyMessage).

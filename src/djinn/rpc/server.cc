@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
+#include <sched.h>
 #include <sys/random.h>
 
 #include <array>
@@ -114,6 +115,13 @@ Status Server::serve() {
   zmq::pollitem_t items[] = {{router_.handle(), 0, ZMQ_POLLIN, 0}};
   std::vector<zmq::message_t> frames;
   while (!stop_requested_.load(std::memory_order_relaxed)) {
+    if (options_.busy_poll_us > 0) {  // see ServerOptions::busy_poll_us
+      const auto spin_start = Clock::now();
+      while (Clock::now() - spin_start < std::chrono::microseconds(options_.busy_poll_us)) {
+        if (router_.get(zmq::sockopt::events) & ZMQ_POLLIN) break;
+        sched_yield();
+      }
+    }
     try {
       zmq::poll(items, 1, std::chrono::milliseconds(kPollMs));
     } catch (const zmq::error_t& e) {

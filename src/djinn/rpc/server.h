@@ -41,6 +41,10 @@ struct ServerOptions {
   double idle_timeout_s = 30;        // reactive policy
   double session_lease_s = 300;      // a session not heard from for this long is closed
   double max_request_mb = 256;       // larger requests are refused
+  // Busy-poll the socket this long (microseconds, yielding between looks) before
+  // sleeping in zmq_poll: a request arriving meanwhile costs no wake-up of the server
+  // thread. 0: never (the default: no core burnt while idle).
+  int busy_poll_us = 0;
 };
 
 // Why requests failed; every one is counted in Stats under "errors".
