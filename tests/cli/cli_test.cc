@@ -1,7 +1,10 @@
 // The `djinn` binary as a user sees it: golden fixtures reproduced through the command
 // line, and bad input answered by one clear line and a non-zero exit, never a crash.
 #include <gtest/gtest.h>
+#include <fcntl.h>
+#include <signal.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include <array>
 #include <cmath>
@@ -141,6 +144,68 @@ TEST(CliRun, ReadableReportOnAPreset) {
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_NE(r.out.find("generated (  3 tokens)"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("decode"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace djinn
+
+namespace djinn {
+namespace {
+
+// `djinn serve` + `djinn client` as a script would use them; SIGTERM drains and exits 0.
+TEST(CliServe, ClientCommandsContinueOneSessionAndSigtermDrains) {
+  const fs::path dir = scratch_dir();
+  const std::string address = "ipc://" + (dir / "serve.ipc").string();
+  const fs::path log = dir / "serve.log";
+  const pid_t pid = fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    const int fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    ::dup2(fd, STDOUT_FILENO);
+    ::dup2(fd, STDERR_FILENO);
+    ::execl(DJINN_BINARY, "djinn", "serve", "--listen", address.c_str(), "--device-mem-gb", "0.25", nullptr);
+    ::_exit(127);
+  }
+  const std::string client = "client --server " + address + " --timeout-s 20 ";
+  const CommandResult load = run_djinn(client + "load-model --model " + (kGolden / "llama-tiny").string());
+  ASSERT_EQ(load.exit_code, 0) << load.err;
+  const auto model_id = nlohmann::json::parse(load.out)["model_id"].get<uint64_t>();
+  const CommandResult open = run_djinn(client + "open-session --model-id " + std::to_string(model_id) + " --max-context 64");
+  ASSERT_EQ(open.exit_code, 0) << open.err;
+  const nlohmann::json session = nlohmann::json::parse(open.out);
+  const std::string who = "--session " + std::to_string(session["session_id"].get<uint64_t>()) + " --token " +
+                          session["token"].get<std::string>();
+  // The golden prompt in two calls: the second continues the first's KV cache, so its
+  // tokens are the fixture's continuation.
+  const nlohmann::json expected = nlohmann::json::parse(read_file(kGolden / "llama-tiny" / "expected.json"));
+  const std::string prompt = golden_prompt("llama-tiny");
+  const CommandResult first = run_djinn(client + "generate " + who + " --prompt-ids " + prompt + " --max-new-tokens 1");
+  ASSERT_EQ(first.exit_code, 0) << first.err;
+  const int first_token = nlohmann::json::parse(first.out)["tokens"][0].get<int>();
+  EXPECT_EQ(first_token, expected["generated_ids"][16].get<int>());
+  const CommandResult second =
+      run_djinn(client + "generate " + who + " --prompt-ids " + std::to_string(first_token) + " --max-new-tokens 3");
+  ASSERT_EQ(second.exit_code, 0) << second.err;
+  const nlohmann::json tokens = nlohmann::json::parse(second.out)["tokens"];
+  for (int i = 0; i < 3; ++i) EXPECT_EQ(tokens[static_cast<size_t>(i)], expected["generated_ids"][17 + static_cast<size_t>(i)]);
+  EXPECT_EQ(run_djinn(client + "signal " + who + " --phase io_wait --resume-ms 1000").exit_code, 0);
+  const CommandResult bad = run_djinn(client + "generate --session 1 --token nope --prompt-ids 1");
+  EXPECT_NE(bad.exit_code, 0);
+  EXPECT_NE(bad.err.find("token"), std::string::npos) << bad.err;
+  const CommandResult stats = run_djinn(client + "stats");
+  ASSERT_EQ(stats.exit_code, 0);
+  const nlohmann::json s = nlohmann::json::parse(stats.out);
+  EXPECT_EQ(s["sessions"][0]["phase"], "IO_WAIT");
+  EXPECT_EQ(s["counters"]["errors"]["bad_token"], 1);
+
+  ::kill(pid, SIGTERM);
+  int status = 0;
+  ASSERT_EQ(::waitpid(pid, &status, 0), pid);
+  ASSERT_TRUE(WIFEXITED(status)) << "serve did not exit cleanly";
+  EXPECT_EQ(WEXITSTATUS(status), 0);
+  const std::string served = read_file(log);
+  EXPECT_NE(served.find("listening on " + address), std::string::npos) << served;
+  EXPECT_NE(served.find("drained, closed 1 open sessions"), std::string::npos) << served;
 }
 
 }  // namespace
