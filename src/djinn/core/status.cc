@@ -14,6 +14,7 @@ const char* status_code_name(StatusCode code) {
     case StatusCode::kDataLoss: return "data loss";
     case StatusCode::kOutOfMemory: return "out of memory";
     case StatusCode::kPermissionDenied: return "permission denied";
+    case StatusCode::kUnavailable: return "unavailable";
     case StatusCode::kUnimplemented: return "unimplemented";
     case StatusCode::kInternal: return "internal";
   }

@@ -23,6 +23,7 @@ enum class StatusCode {
   kDataLoss,         // a file that is truncated or corrupt
   kOutOfMemory,      // an allocator could not satisfy a request
   kPermissionDenied, // a caller without the right credentials (a session token)
+  kUnavailable,      // not now: e.g. the session's KV cache is swapped out
   kUnimplemented,    // valid, but not supported by this build
   kInternal,         // a broken invariant detected at run time
 };
@@ -53,6 +54,7 @@ inline Status out_of_range(std::string m) { return {StatusCode::kOutOfRange, std
 inline Status data_loss(std::string m) { return {StatusCode::kDataLoss, std::move(m)}; }
 inline Status out_of_memory(std::string m) { return {StatusCode::kOutOfMemory, std::move(m)}; }
 inline Status permission_denied(std::string m) { return {StatusCode::kPermissionDenied, std::move(m)}; }
+inline Status unavailable(std::string m) { return {StatusCode::kUnavailable, std::move(m)}; }
 inline Status unimplemented(std::string m) { return {StatusCode::kUnimplemented, std::move(m)}; }
 inline Status internal_error(std::string m) { return {StatusCode::kInternal, std::move(m)}; }
 

@@ -48,21 +48,99 @@ Result<std::unique_ptr<InferenceSession>> InferenceSession::create_planned(std::
                                     config.name, config.max_positions));
   std::unique_ptr<InferenceSession> session(new InferenceSession(std::move(model), backend, capacity));
   session->resources_ = std::move(resources);
-  const Shape shape{capacity, config.n_kv_heads * config.head_dim};
-  for (int64_t slot = 0; slot < 2 * config.n_layers; ++slot) {
-    TensorView view = TensorView::contiguous(nullptr, shape, session->model_->dtype(), LifetimeClass::kKv);
-    DJINN_ASSIGN_OR_RETURN(std::byte * data,
-                           session->resources_.arena->allocate(view.nbytes(), kKvAlignment, fmt::format("KV slot {}", slot)));
-    view.data = data;
-    session->kv_.push_back(std::move(view));
-  }
+  DJINN_RETURN_IF_ERROR(session->allocate_kv_in_arena());
   return session;
+}
+
+const char* residency_name(Residency residency) {
+  switch (residency) {
+    case Residency::kResident: return "RESIDENT";
+    case Residency::kSwappingOut: return "SWAPPING_OUT";
+    case Residency::kSwapped: return "SWAPPED";
+    case Residency::kSwappingIn: return "SWAPPING_IN";
+  }
+  return "?";
+}
+
+Status InferenceSession::allocate_kv_in_arena() {
+  const ModelConfig& config = model_->config();
+  const Shape shape{capacity_, config.n_kv_heads * config.head_dim};
+  kv_.clear();
+  for (int64_t slot = 0; slot < 2 * config.n_layers; ++slot) {
+    TensorView view = TensorView::contiguous(nullptr, shape, model_->dtype(), LifetimeClass::kKv);
+    DJINN_ASSIGN_OR_RETURN(std::byte * data,
+                           resources_.arena->allocate(view.nbytes(), kKvAlignment, fmt::format("KV slot {}", slot)));
+    view.data = data;
+    kv_.push_back(std::move(view));
+  }
+  kv_id_ = next_binding_id();  // new memory: the executor must rebind
+  return {};
+}
+
+std::vector<ByteSpan> InferenceSession::kv_used_spans() const {
+  std::vector<ByteSpan> spans;
+  for (const TensorView& slot : kv_)
+    spans.push_back(ByteSpan{static_cast<std::byte*>(slot.data),
+                             static_cast<size_t>(length_ * slot.strides[0]) * dtype_size(slot.dtype)});
+  return spans;
+}
+
+void InferenceSession::begin_swap_out(SwapTicket ticket, std::byte* slice, HostPool& pool) {
+  DJINN_CHECK(residency_ == Residency::kResident && resources_.arena != nullptr, "swap-out of a session that is {}",
+              residency_name(residency_));
+  swap_ticket_ = std::move(ticket);
+  host_slice_ = slice;
+  host_pool_ = &pool;
+  residency_ = Residency::kSwappingOut;
+}
+
+Status InferenceSession::adopt_arena(std::unique_ptr<SessionArena> arena) {
+  DJINN_CHECK(residency_ == Residency::kSwapped && resources_.arena == nullptr, "adopt_arena of a session that is {}",
+              residency_name(residency_));
+  resources_.arena = std::move(arena);
+  const Status laid_out = allocate_kv_in_arena();
+  if (!laid_out.ok()) {
+    kv_.clear();
+    resources_.arena.reset();
+  }
+  return laid_out;
+}
+
+void InferenceSession::begin_swap_in(SwapTicket ticket) {
+  DJINN_CHECK(residency_ == Residency::kSwapped && resources_.arena != nullptr, "begin_swap_in without an arena");
+  swap_ticket_ = std::move(ticket);
+  residency_ = Residency::kSwappingIn;
+}
+
+Status InferenceSession::settle_swap() {
+  if (residency_ != Residency::kSwappingOut && residency_ != Residency::kSwappingIn) return {};
+  const Status copied = swap_ticket_.get();
+  swap_ticket_ = {};
+  if (residency_ == Residency::kSwappingOut) {
+    if (!copied.ok()) {  // the copy failed: keep the state where it is, in the arena
+      host_pool_->free(host_slice_);
+      host_slice_ = nullptr;
+      residency_ = Residency::kResident;
+      return copied;
+    }
+    kv_.clear();
+    resources_.arena.reset();  // back to the Data segment
+    residency_ = Residency::kSwapped;
+    return {};
+  }
+  DJINN_RETURN_IF_ERROR(copied);
+  host_pool_->free(host_slice_);
+  host_slice_ = nullptr;
+  residency_ = Residency::kResident;
+  return {};
 }
 
 InferenceSession::InferenceSession(std::shared_ptr<const Model> model, Backend& backend, int64_t capacity)
     : model_(std::move(model)), backend_(backend), interpreter_(backend), executor_(backend), capacity_(capacity) {}
 
 InferenceSession::~InferenceSession() {
+  if (residency_ == Residency::kSwappingOut || residency_ == Residency::kSwappingIn) swap_ticket_.wait();
+  if (host_slice_ != nullptr) host_pool_->free(host_slice_);
   frame_.pop();
   if (resources_.arena == nullptr)
     for (TensorView& view : kv_) backend_.deallocate(view.data);
@@ -114,6 +192,8 @@ const ModelGraph& InferenceSession::step_graph(Phase phase, bool all_logits) {
 }
 
 Status InferenceSession::validate_tokens(std::span<const int32_t> tokens) const {
+  if (residency_ != Residency::kResident)
+    return unavailable(fmt::format("the session's KV cache is {}: swap it in first", residency_name(residency_)));
   if (tokens.empty()) return invalid_argument("no tokens to run");
   const int64_t vocab = model_->config().vocab_size;
   for (size_t i = 0; i < tokens.size(); ++i)
@@ -127,6 +207,7 @@ Status InferenceSession::validate_tokens(std::span<const int32_t> tokens) const 
 }
 
 Result<ForwardResult> InferenceSession::forward(std::span<const int32_t> tokens, bool all_logits) {
+  DJINN_RETURN_IF_ERROR(settle_swap());  // a swap-in in flight: wait for its copy
   DJINN_RETURN_IF_ERROR(validate_tokens(tokens));
   const auto n = static_cast<int64_t>(tokens.size());
   const Phase phase = (n == 1 && !all_logits) ? Phase::kDecode : Phase::kPrefill;

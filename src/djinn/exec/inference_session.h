@@ -27,6 +27,7 @@
 #include "djinn/exec/interpreter.h"
 #include "djinn/meta/plan_cache.h"
 #include "djinn/models/model.h"
+#include "djinn/swap/swap_manager.h"
 #include "djinn/vmu/data_segment.h"
 #include "djinn/vmu/stack_segment.h"
 
@@ -42,6 +43,10 @@ struct ForwardResult {
 
 // Where a planned session's memory and plans come from (all owned elsewhere except
 // the arena, which the session takes).
+// Where a session's KV cache is (see swap/swap_manager.h).
+enum class Residency : uint8_t { kResident, kSwappingOut, kSwapped, kSwappingIn };
+const char* residency_name(Residency residency);
+
 struct PlannedResources {
   std::unique_ptr<SessionArena> arena;
   StackSegment* stack = nullptr;
@@ -77,6 +82,24 @@ class InferenceSession {
   // The KV tensors, slot order (layer 0 K, layer 0 V, ...).
   const std::vector<TensorView>& kv() const { return kv_; }
   const SessionArena* arena() const { return resources_.arena.get(); }
+
+  // ---- swapping (driven by the SwapManager; the owner thread calls settle_swap) ----
+  Residency residency() const { return residency_; }
+  // The used bytes of every KV slot: rows [0, length), slot order.
+  std::vector<ByteSpan> kv_used_spans() const;
+  size_t kv_used_bytes() const { return static_cast<size_t>(length_) * model_->kv_bytes_per_token(); }
+  // A copy is in flight: `ticket` completes it; `slice` is the HostPool slice it uses.
+  void begin_swap_out(SwapTicket ticket, std::byte* slice, HostPool& pool);
+  // Swapped: lays the KV views out in `arena` (contents still in the HostPool slice).
+  Status adopt_arena(std::unique_ptr<SessionArena> arena);
+  void begin_swap_in(SwapTicket ticket);
+  // Who the session is, for allocation messages ("session 3 (gpt2)").
+  const std::string& owner() const { return owner_; }
+  void set_owner(std::string owner) { owner_ = std::move(owner); }
+  std::byte* host_slice() const { return host_slice_; }
+  // Waits for an in-flight copy and finishes it: after a swap-out the arena goes back
+  // to the Data segment; after a swap-in the HostPool slice is freed. No-op otherwise.
+  Status settle_swap();
   const Model& model() const { return *model_; }
   // The step graph for (phase, all_logits), built on first use.
   const ModelGraph& step_graph(Phase phase, bool all_logits);
@@ -105,6 +128,12 @@ class InferenceSession {
   std::vector<TensorView> kv_;  // slot order; never changes after creation
   uint64_t kv_id_ = next_binding_id();
   std::map<std::pair<Phase, bool>, StepGraph> graphs_;
+  Residency residency_ = Residency::kResident;
+  SwapTicket swap_ticket_;
+  std::byte* host_slice_ = nullptr;
+  HostPool* host_pool_ = nullptr;
+  Status allocate_kv_in_arena();
+  std::string owner_ = "a session";
 };
 
 }  // namespace djinn

@@ -62,7 +62,7 @@ std::string status_code_wire_name(StatusCode code) { return status_code_name(cod
 
 StatusCode status_code_from_wire(std::string_view name) {
   for (StatusCode c : {StatusCode::kOk, StatusCode::kInvalidArgument, StatusCode::kNotFound, StatusCode::kOutOfRange,
-                       StatusCode::kDataLoss, StatusCode::kOutOfMemory, StatusCode::kPermissionDenied, StatusCode::kUnimplemented, StatusCode::kInternal})
+                       StatusCode::kDataLoss, StatusCode::kOutOfMemory, StatusCode::kPermissionDenied, StatusCode::kUnavailable, StatusCode::kUnimplemented, StatusCode::kInternal})
     if (name == status_code_name(c)) return c;
   return StatusCode::kInternal;
 }

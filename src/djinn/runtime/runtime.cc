@@ -38,7 +38,11 @@ Result<std::unique_ptr<Runtime>> Runtime::create(const RuntimeOptions& options) 
 }
 
 Runtime::Runtime(std::unique_ptr<Backend> backend, std::unique_ptr<Vmu> vmu, size_t plan_cache_entries)
-    : backend_(std::move(backend)), vmu_(std::move(vmu)), plan_cache_(plan_cache_entries), graph_executor_(*backend_) {}
+    : backend_(std::move(backend)),
+      vmu_(std::move(vmu)),
+      swap_(std::make_unique<SwapManager>(vmu_->host_pool(), vmu_->data())),
+      plan_cache_(plan_cache_entries),
+      graph_executor_(*backend_) {}
 
 Runtime::~Runtime() {
   sessions_.clear();  // arenas and frames go back before the VMU does
@@ -116,6 +120,7 @@ Result<SessionId> Runtime::open_session(ModelId model_id, int64_t max_context) {
                          InferenceSession::create_planned(model, *backend_, context,
                                                           PlannedResources{std::move(arena), &vmu_->stack(), &plan_cache_}));
   ++next_session_id_;
+  session->set_owner(fmt::format("session {} ({})", id, config.name));
   sessions_.emplace(id, std::move(session));
   return id;
 }
@@ -125,13 +130,38 @@ Status Runtime::close_session(SessionId id) {
   return {};
 }
 
-Result<ForwardResult> Runtime::forward(SessionId id, std::span<const int32_t> tokens, bool all_logits) {
+Result<SwapTicket> Runtime::swap_out(SessionId id) {
   DJINN_ASSIGN_OR_RETURN(InferenceSession * s, session(id));
+  return swap_->swap_out(*s);
+}
+
+Result<SwapTicket> Runtime::swap_in(SessionId id) {
+  DJINN_ASSIGN_OR_RETURN(InferenceSession * s, session(id));
+  return swap_->swap_in(*s);
+}
+
+Status Runtime::settle(SessionId id) {
+  DJINN_ASSIGN_OR_RETURN(InferenceSession * s, session(id));
+  return s->settle_swap();
+}
+
+Result<InferenceSession*> Runtime::resident_session(SessionId id) {
+  DJINN_ASSIGN_OR_RETURN(InferenceSession * s, session(id));
+  DJINN_RETURN_IF_ERROR(s->settle_swap());
+  if (s->residency() == Residency::kSwapped) {
+    DJINN_RETURN_IF_ERROR(swap_->swap_in(*s));
+    DJINN_RETURN_IF_ERROR(s->settle_swap());
+  }
+  return s;
+}
+
+Result<ForwardResult> Runtime::forward(SessionId id, std::span<const int32_t> tokens, bool all_logits) {
+  DJINN_ASSIGN_OR_RETURN(InferenceSession * s, resident_session(id));
   return s->forward(tokens, all_logits);
 }
 
 Result<GenerateResult> Runtime::generate(SessionId id, std::span<const int32_t> prompt, int64_t max_new_tokens) {
-  DJINN_ASSIGN_OR_RETURN(InferenceSession * s, session(id));
+  DJINN_ASSIGN_OR_RETURN(InferenceSession * s, resident_session(id));
   return s->generate(prompt, max_new_tokens);
 }
 
@@ -172,6 +202,7 @@ nlohmann::json Runtime::stats_json() const {
   return {{"device", device_name(backend_->device())},
           {"vmu", vmu_->stats_json()},
           {"plan_cache", to_json(plan_cache_.stats())},
+          {"swap", to_json(swap_->stats())},
           {"models", models},
           {"sessions", sessions_.size()}};
 }

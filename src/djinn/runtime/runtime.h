@@ -24,6 +24,7 @@
 #include "djinn/exec/inference_session.h"
 #include "djinn/meta/plan_cache.h"
 #include "djinn/models/model.h"
+#include "djinn/swap/swap_manager.h"
 #include "djinn/vmu/vmu.h"
 
 namespace djinn {
@@ -50,6 +51,14 @@ class Runtime {
   Result<SessionId> open_session(ModelId model, int64_t max_context = 0);
   Status close_session(SessionId session);
 
+  // KV swapping (swap/swap_manager.h): the copy runs on the swap worker; the session
+  // settles (frees its arena, or its HostPool slice) when next used or settled.
+  // forward / generate on a swapped session swap it in first.
+  Result<SwapTicket> swap_out(SessionId session);
+  Result<SwapTicket> swap_in(SessionId session);
+  Status settle(SessionId session);
+  SwapManager& swap_manager() { return *swap_; }
+
   Result<ForwardResult> forward(SessionId session, std::span<const int32_t> tokens, bool all_logits = false);
   Result<GenerateResult> generate(SessionId session, std::span<const int32_t> prompt, int64_t max_new_tokens);
   // Runs `graph` through the plan cache. `inputs` has one view per graph input in
@@ -74,9 +83,12 @@ class Runtime {
     int64_t refcount = 0;
   };
   Runtime(std::unique_ptr<Backend> backend, std::unique_ptr<Vmu> vmu, size_t plan_cache_entries);
+  // The session, resident: a swapped session is swapped in (and settled) first.
+  Result<InferenceSession*> resident_session(SessionId session);
 
   std::unique_ptr<Backend> backend_;
   std::unique_ptr<Vmu> vmu_;
+  std::unique_ptr<SwapManager> swap_;  // outlives the sessions (declared before them)
   PlanCache plan_cache_;
   std::map<ModelId, LoadedModel> models_;
   std::map<SessionId, std::unique_ptr<InferenceSession>> sessions_;
