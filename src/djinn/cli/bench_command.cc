@@ -12,6 +12,7 @@
 
 #include "djinn/cli/bench_os_tax.h"
 #include "djinn/cli/bench_stats.h"
+#include "djinn/cli/bench_swap.h"
 #include "djinn/cli/commands.h"
 #include "djinn/cli/model_options.h"
 #include "djinn/core/machine_info.h"
@@ -204,7 +205,12 @@ Command add_bench_command(CLI::App& app) {
   os_tax_cmd->add_option("--busy-poll-us", os_tax->busy_poll_us, "server and client busy-poll window (default 0)")
       ->check(CLI::Range(0, 1000000));
   os_tax_cmd->add_flag("--json", os_tax->json, "print JSON");
-  return {bench, [decode_cmd, decode, plans_cmd, plans, os_tax_cmd, os_tax]() -> Status {
+  auto swap = std::make_shared<SwapBenchOptions>();
+  CLI::App* swap_cmd = bench->add_subcommand("swap", "Swap throughput beside raw copy throughput, 1 MiB to 1 GiB");
+  swap_cmd->add_option("--max-mb", swap->max_mb, "largest session size, MiB (default 1024)")->check(CLI::Range(1, 65536));
+  swap_cmd->add_flag("--json", swap->json, "print JSON");
+  return {bench, [decode_cmd, decode, plans_cmd, plans, os_tax_cmd, os_tax, swap_cmd, swap]() -> Status {
+            if (swap_cmd->parsed()) return bench_swap(*swap);
             if (decode_cmd->parsed()) return bench_decode(*decode);
             if (plans_cmd->parsed()) return bench_plan_cache(*plans);
             if (os_tax_cmd->parsed()) return bench_os_tax(*os_tax);

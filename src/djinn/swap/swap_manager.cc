@@ -17,45 +17,49 @@ nlohmann::json to_json(const SwapStats& s) {
           {"refusals", s.refusals},       {"swapped_now", s.swapped_now}};
 }
 
-SwapManager::SwapManager(HostPool& pool, DataSegment& data)
-    : pool_(pool), data_(data), worker_([this] { run_worker(); }) {}
+SwapManager::SwapManager(HostPool& pool, DataSegment& data) : pool_(pool), data_(data) {
+  out_.thread = std::thread([this] { run_worker(out_); });
+  in_.thread = std::thread([this] { run_worker(in_); });
+}
 
 SwapManager::~SwapManager() {
   {
     std::lock_guard lock(mutex_);
     stopping_ = true;
   }
-  wake_.notify_all();
-  worker_.join();
+  out_.wake.notify_all();
+  in_.wake.notify_all();
+  out_.thread.join();
+  in_.thread.join();
 }
 
-void SwapManager::run_worker() {
+void SwapManager::run_worker(Worker& worker) {
   for (;;) {
     std::packaged_task<Status()> job;
     {
       std::unique_lock lock(mutex_);
-      wake_.wait(lock, [this] { return stopping_ || !jobs_.empty(); });
-      if (jobs_.empty()) return;  // stopping, and every queued copy is done
-      job = std::move(jobs_.front());
-      jobs_.pop_front();
+      worker.wake.wait(lock, [&] { return stopping_ || !worker.jobs.empty(); });
+      if (worker.jobs.empty()) return;  // stopping, and every queued copy is done
+      job = std::move(worker.jobs.front());
+      worker.jobs.pop_front();
     }
     job();
   }
 }
 
-SwapTicket SwapManager::enqueue(std::function<Status()> job) {
+SwapTicket SwapManager::enqueue(Worker& worker, std::function<Status()> job) {
   std::packaged_task<Status()> task(std::move(job));
   SwapTicket ticket = task.get_future().share();
   {
     std::lock_guard lock(mutex_);
-    jobs_.push_back(std::move(task));
+    worker.jobs.push_back(std::move(task));
   }
-  wake_.notify_one();
+  worker.wake.notify_one();
   return ticket;
 }
 
 SwapTicket SwapManager::gather(std::vector<ByteSpan> spans, std::byte* slice) {
-  return enqueue([this, spans = std::move(spans), slice] {
+  return enqueue(out_, [this, spans = std::move(spans), slice] {
     const auto start = std::chrono::steady_clock::now();
     size_t at = 0;
     for (const ByteSpan& s : spans) {
@@ -72,7 +76,7 @@ SwapTicket SwapManager::gather(std::vector<ByteSpan> spans, std::byte* slice) {
 }
 
 SwapTicket SwapManager::scatter(std::byte* slice, std::vector<ByteSpan> spans) {
-  return enqueue([this, spans = std::move(spans), slice] {
+  return enqueue(in_, [this, spans = std::move(spans), slice] {
     const auto start = std::chrono::steady_clock::now();
     size_t at = 0;
     for (const ByteSpan& s : spans) {

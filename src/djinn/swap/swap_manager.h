@@ -1,5 +1,6 @@
 // SwapManager: moves an idle session's KV cache between its Data-segment arena and a
-// slice of the HostPool, on a copy worker of its own, so compute goes on meanwhile.
+// slice of the HostPool, on copy workers of its own (one per direction), so compute
+// goes on meanwhile.
 //
 // Policy and contract:
 //  - only the used part moves: rows [0, length) of every KV slot, packed back to back
@@ -71,17 +72,22 @@ class SwapManager {
   HostPool& pool() { return pool_; }
 
  private:
-  SwapTicket enqueue(std::function<Status()> job);
-  void run_worker();
+  // One copy worker per direction (CPU backend: a thread; CUDA: a stream), so a
+  // swap-out and a swap-in overlap.
+  struct Worker {
+    std::deque<std::packaged_task<Status()>> jobs;
+    std::condition_variable wake;
+    std::thread thread;
+  };
+  SwapTicket enqueue(Worker& worker, std::function<Status()> job);
+  void run_worker(Worker& worker);
 
   HostPool& pool_;
   DataSegment& data_;
-  mutable std::mutex mutex_;
-  std::condition_variable wake_;
-  std::deque<std::packaged_task<Status()>> jobs_;
+  mutable std::mutex mutex_;  // guards both workers' queues, stopping_ and stats_
   bool stopping_ = false;
   SwapStats stats_;
-  std::thread worker_;
+  Worker out_, in_;
 };
 
 }  // namespace djinn
