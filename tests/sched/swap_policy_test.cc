@@ -16,16 +16,16 @@ std::vector<std::pair<Action, int64_t>> flat(const std::vector<SwapDecision>& de
 TEST(SwapPolicy, ProactiveSwapsOutOnIoWaitAndPrefetchesBeforeTheResumeTime) {
   SwapPolicy policy(SwapPolicyKind::kProactive, /*idle_timeout_s=*/30, /*swap_in_gbps_guess=*/1.0);
   policy.session_opened(1, 0.0);
-  policy.set_kv_bytes(1, 100'000'000);  // 0.1 s at 1 GB/s, + 5 ms slack
+  policy.set_kv_bytes(1, 100'000'000);  // 0.1 s at 1 GB/s, + 20 ms slack
   EXPECT_TRUE(policy.decide(0.5).empty());
   policy.signal_io_wait(1, 1.0, /*estimated_resume_ms=*/2000);  // resumes at t = 3.0
   EXPECT_EQ(flat(policy.decide(1.0)), (std::vector<std::pair<Action, int64_t>>{{Action::kSwapOut, 1}}));
   EXPECT_TRUE(policy.decide(1.0).empty());  // reported once
   policy.swapped_out(1);
-  EXPECT_DOUBLE_EQ(policy.swap_in_margin(1), 0.105);
+  EXPECT_DOUBLE_EQ(policy.swap_in_margin(1), 0.120);
   EXPECT_TRUE(policy.decide(2.80).empty());
-  EXPECT_TRUE(policy.decide(2.894).empty());
-  EXPECT_EQ(flat(policy.decide(2.896)), (std::vector<std::pair<Action, int64_t>>{{Action::kSwapIn, 1}}));
+  EXPECT_TRUE(policy.decide(2.879).empty());
+  EXPECT_EQ(flat(policy.decide(2.881)), (std::vector<std::pair<Action, int64_t>>{{Action::kSwapIn, 1}}));
   EXPECT_TRUE(policy.decide(2.9).empty());
 }
 

@@ -42,13 +42,14 @@ Status serve(ServeOptions options) {
 Command add_serve_command(CLI::App& app) {
   auto options = std::make_shared<ServeOptions>();
   rpc::ServerOptions& s = options->server;
+  s.runtime.host_pool_gb = 1.0;  // swap space by default; reserved (touched) at start
   CLI::App* command = app.add_subcommand("serve", "Serve sessions over ZeroMQ until SIGINT / SIGTERM");
   command->add_option("--listen", s.listen, "tcp://host:port, ipc://path or inproc://name (repeatable)");
   command->add_option("--device", options->device, "cpu or cuda")->check(CLI::IsMember({"cpu", "cuda"}));
   command->add_option("--device-mem-gb", s.runtime.device_mem_gb, "cap on the device memory the VMU manages, GiB")
       ->check(CLI::PositiveNumber);
   command->add_option("--arena-mb", s.runtime.arena_mb, "session arena size, MiB")->check(CLI::PositiveNumber);
-  command->add_option("--host-swap-pool-gb", s.runtime.host_pool_gb, "host memory reserved for swapped sessions, GiB")
+  command->add_option("--host-swap-pool-gb", s.runtime.host_pool_gb, "host memory reserved for swapped sessions, GiB (default 1)")
       ->check(CLI::NonNegativeNumber);
   command->add_option("--policy", s.policy, "proactive, reactive, none or lru")
       ->check(CLI::IsMember({"proactive", "reactive", "none", "lru"}));

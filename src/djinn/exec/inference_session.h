@@ -16,6 +16,7 @@
 // different threads if each has its own Backend.
 #pragma once
 
+#include <chrono>
 #include <map>
 #include <memory>
 #include <span>
@@ -97,6 +98,10 @@ class InferenceSession {
   const std::string& owner() const { return owner_; }
   void set_owner(std::string owner) { owner_ = std::move(owner); }
   std::byte* host_slice() const { return host_slice_; }
+  // A swap copy is in flight and has finished (settle_swap() will not block).
+  bool swap_copy_done() const {
+    return swap_ticket_.valid() && swap_ticket_.wait_for(std::chrono::seconds(0)) == std::future_status::ready;
+  }
   // Waits for an in-flight copy and finishes it: after a swap-out the arena goes back
   // to the Data segment; after a swap-in the HostPool slice is freed. No-op otherwise.
   Status settle_swap();

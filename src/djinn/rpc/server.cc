@@ -7,6 +7,7 @@
 #include <sys/random.h>
 
 #include <array>
+#include <utility>
 #include <cerrno>
 #include <cstring>
 
@@ -16,7 +17,7 @@ namespace djinn::rpc {
 namespace {
 
 constexpr double kMiB = 1024.0 * 1024.0;
-constexpr int kPollMs = 50;        // how often the loop looks at leases and the stop flag
+constexpr int kPollMs = 5;         // how often the loop looks at leases, swap timers and the stop flag
 constexpr size_t kMaxGraphs = 1024;  // graphs kept for RunGraph-by-hash
 
 double us_since(std::chrono::steady_clock::time_point start) {
@@ -73,9 +74,7 @@ Result<std::unique_ptr<Server>> Server::create(const ServerOptions& options) {
   if (options.listen.empty()) return invalid_argument("serve: no --listen address");
   if (!(options.session_lease_s > 0)) return invalid_argument("--session-lease-s must be > 0");
   if (!(options.max_request_mb > 0)) return invalid_argument("--max-request-mb must be > 0");
-  const std::array<std::string, 4> policies = {"proactive", "reactive", "none", "lru"};
-  if (std::find(policies.begin(), policies.end(), options.policy) == policies.end())
-    return invalid_argument(fmt::format("unknown policy '{}' (proactive, reactive, none, lru)", options.policy));
+  DJINN_RETURN_IF_ERROR(parse_swap_policy(options.policy));
   DJINN_ASSIGN_OR_RETURN(std::unique_ptr<Runtime> runtime, Runtime::create(options.runtime));
   std::unique_ptr<Server> server(new Server(options, std::move(runtime)));
   for (const std::string& address : options.listen) {
@@ -90,7 +89,11 @@ Result<std::unique_ptr<Server>> Server::create(const ServerOptions& options) {
 }
 
 Server::Server(const ServerOptions& options, std::unique_ptr<Runtime> runtime)
-    : options_(options), runtime_(std::move(runtime)), context_(1), router_(context_, zmq::socket_type::router) {
+    : options_(options),
+      runtime_(std::move(runtime)),
+      context_(1),
+      router_(context_, zmq::socket_type::router),
+      policy_(*parse_swap_policy(options.policy), options.idle_timeout_s) {
   router_.set(zmq::sockopt::linger, 0);
   // Frames larger than the request limit (+ room for the header) are dropped by ZeroMQ
   // before they are buffered in full.
@@ -141,6 +144,7 @@ Status Server::serve() {
       handle(identity, frames);
     }
     expire_leases();
+    run_swap_policy();
   }
   const size_t open = sessions_.size();
   for (auto& [id, record] : sessions_) (void)runtime_->close_session(id);
@@ -165,6 +169,8 @@ void Server::expire_leases() {
   for (auto it = sessions_.begin(); it != sessions_.end();) {
     if (it->second.lease_deadline < now) {
       (void)runtime_->close_session(it->first);
+      policy_.session_closed(it->first);
+      pending_swaps_.erase(it->first);
       ++counters_.leases_expired;
       ++counters_.sessions_closed;
       spdlog::info("session {}: lease expired, closed", it->first);
@@ -172,6 +178,53 @@ void Server::expire_leases() {
     } else {
       ++it;
     }
+  }
+}
+
+void Server::note_step(SessionId id) {
+  Result<const InferenceSession*> s = std::as_const(*runtime_).session(id);
+  if (!s.ok()) return;
+  policy_.session_ran(id, now_s());
+  policy_.set_kv_bytes(id, (*s)->kv_used_bytes());
+}
+
+void Server::run_swap_policy() {
+  // 1. Finish copies that are done.
+  for (auto it = pending_swaps_.begin(); it != pending_swaps_.end();) {
+    Result<InferenceSession*> s = runtime_->session(it->first);
+    if (!s.ok()) {
+      it = pending_swaps_.erase(it);
+      continue;
+    }
+    if (!(*s)->swap_copy_done()) {
+      ++it;
+      continue;
+    }
+    const Status settled = (*s)->settle_swap();
+    if (!settled.ok()) {
+      policy_.swap_failed(it->first);
+      spdlog::warn("session {}: swap failed: {}", it->first, settled.message());
+    } else if (it->second.out) {
+      policy_.swapped_out(it->first);
+    } else {
+      policy_.swapped_in(it->first, it->second.bytes, now_s() - it->second.started_s);
+    }
+    it = pending_swaps_.erase(it);
+  }
+  // 2. Do what the policy decides now.
+  for (const SwapDecision& d : policy_.decide(now_s())) {
+    Result<InferenceSession*> s = runtime_->session(d.session);
+    if (!s.ok()) continue;
+    const bool out = d.action == SwapDecision::Action::kSwapOut;
+    const size_t bytes = (*s)->kv_used_bytes();
+    Result<SwapTicket> ticket = out ? runtime_->swap_out(d.session) : runtime_->swap_in(d.session);
+    if (!ticket.ok()) {
+      policy_.swap_failed(d.session);
+      ++counters_.swap_refusals;
+      continue;
+    }
+    ++(out ? counters_.policy_swaps_out : counters_.policy_swaps_in);
+    pending_swaps_[d.session] = PendingSwap{out, now_s(), bytes};
   }
 }
 
@@ -310,6 +363,14 @@ Status Server::on_open_session(const OpenSession& open, Outgoing& out) {
     return not_found(fmt::format("no model {} (load it first)", open.model_id()));
   }
   Result<SessionId> id = runtime_->open_session(static_cast<ModelId>(open.model_id()), open.max_context());
+  // lru: under memory pressure, evict the least recently used idle session and retry.
+  while (!id.ok() && id.status().code() == StatusCode::kOutOfMemory && policy_.kind() == SwapPolicyKind::kLru) {
+    const std::optional<int64_t> victim = policy_.eviction_candidate();
+    if (!victim || !runtime_->swap_out(*victim).ok() || !runtime_->settle(*victim).ok()) break;
+    policy_.swapped_out(*victim);
+    ++counters_.lru_evictions;
+    id = runtime_->open_session(static_cast<ModelId>(open.model_id()), open.max_context());
+  }
   if (!id.ok()) {
     count_error(id.status().code() == StatusCode::kOutOfMemory ? "out_of_memory" : "open_session_failed");
     return id.status();
@@ -323,6 +384,7 @@ Status Server::on_open_session(const OpenSession& open, Outgoing& out) {
   reply->set_session_token(record.token);
   reply->set_capacity((*runtime_->session(*id))->capacity());
   sessions_.emplace(*id, std::move(record));
+  policy_.session_opened(*id, now_s());
   ++counters_.sessions_opened;
   return {};
 }
@@ -331,6 +393,8 @@ Status Server::on_close_session(const Request& request, Outgoing& out) {
   DJINN_RETURN_IF_ERROR(authorize(request));
   DJINN_RETURN_IF_ERROR(runtime_->close_session(static_cast<SessionId>(request.session_id())));
   sessions_.erase(static_cast<SessionId>(request.session_id()));
+  policy_.session_closed(static_cast<SessionId>(request.session_id()));
+  pending_swaps_.erase(static_cast<SessionId>(request.session_id()));
   ++counters_.sessions_closed;
   out.reply.mutable_close_session();
   return {};
@@ -340,8 +404,10 @@ Status Server::on_forward(const Request& request, Outgoing& out) {
   DJINN_RETURN_IF_ERROR(authorize(request));
   const Forward& forward = request.forward();
   const std::vector<int32_t> tokens(forward.tokens().begin(), forward.tokens().end());
+  pending_swaps_.erase(static_cast<SessionId>(request.session_id()));  // forward settles it
   DJINN_ASSIGN_OR_RETURN(ForwardResult result,
                          runtime_->forward(static_cast<SessionId>(request.session_id()), tokens, forward.all_logits()));
+  note_step(static_cast<SessionId>(request.session_id()));
   ForwardReply* reply = out.reply.mutable_forward();
   reply->set_next_token(result.next_token);
   reply->set_rows(result.rows);
@@ -359,8 +425,10 @@ Status Server::on_generate(const Request& request, Outgoing& out) {
   DJINN_RETURN_IF_ERROR(authorize(request));
   const Generate& generate = request.generate();
   const std::vector<int32_t> prompt(generate.prompt().begin(), generate.prompt().end());
+  pending_swaps_.erase(static_cast<SessionId>(request.session_id()));  // generate settles it
   DJINN_ASSIGN_OR_RETURN(GenerateResult result, runtime_->generate(static_cast<SessionId>(request.session_id()), prompt,
                                                                    generate.max_new_tokens()));
+  note_step(static_cast<SessionId>(request.session_id()));
   GenerateReply* reply = out.reply.mutable_generate();
   for (int32_t t : result.new_tokens) reply->add_tokens(t);
   reply->set_prefill_ms(result.prefill_ms);
@@ -475,6 +543,13 @@ Status Server::on_signal_phase(const Request& request, Outgoing& out) {
   }
   renew(*record);
   ++counters_.phase_signals;
+  const auto session = static_cast<SessionId>(request.session_id());
+  if (record->phase == SessionPhase::kIoWait)
+    policy_.signal_io_wait(session, now_s(),
+                           signal.estimated_resume_ms() > 0 ? std::optional(signal.estimated_resume_ms()) : std::nullopt);
+  else
+    policy_.signal_compute(session, now_s());
+  run_swap_policy();  // proactive: the swap-out starts now, not at the next tick
   out.reply.mutable_signal_phase()->set_state(record->phase == SessionPhase::kIoWait ? "IO_WAIT" : "COMPUTE");
   return {};
 }
@@ -497,6 +572,8 @@ nlohmann::json Server::stats_json() const {
                         {"length", s->length()},
                         {"capacity", s->capacity()},
                         {"phase", record.phase == SessionPhase::kIoWait ? "IO_WAIT" : "COMPUTE"},
+                        {"state", residency_name(s->residency())},
+                        {"kv_used_bytes", s->kv_used_bytes()},
                         {"estimated_resume_ms", record.estimated_resume_ms},
                         {"lease_remaining_s", std::chrono::duration<double>(record.lease_deadline - now).count()}});
   }
@@ -512,7 +589,11 @@ nlohmann::json Server::stats_json() const {
                        {"leases_expired", counters_.leases_expired},
                        {"phase_signals", counters_.phase_signals},
                        {"graphs_uploaded", counters_.graphs_uploaded},
-                       {"graphs_stored", graphs_.size()}};
+                       {"graphs_stored", graphs_.size()},
+                       {"policy_swaps_out", counters_.policy_swaps_out},
+                       {"policy_swaps_in", counters_.policy_swaps_in},
+                       {"swap_refusals", counters_.swap_refusals},
+                       {"lru_evictions", counters_.lru_evictions}};
   return stats;
 }
 

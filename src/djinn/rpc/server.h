@@ -31,13 +31,14 @@
 #include "djinn/rpc/djinn.pb.h"
 #include "djinn/rpc/wire.h"
 #include "djinn/runtime/runtime.h"
+#include "djinn/sched/swap_policy.h"
 
 namespace djinn::rpc {
 
 struct ServerOptions {
   std::vector<std::string> listen = {"tcp://127.0.0.1:5556"};
   RuntimeOptions runtime;
-  std::string policy = "proactive";  // proactive | reactive | none | lru (swapping: the Scheduler issue)
+  std::string policy = "proactive";  // proactive | reactive | none | lru (sched/swap_policy.h)
   double idle_timeout_s = 30;        // reactive policy
   double session_lease_s = 300;      // a session not heard from for this long is closed
   double max_request_mb = 256;       // larger requests are refused
@@ -58,6 +59,10 @@ struct ServerCounters {
   uint64_t leases_expired = 0;
   uint64_t phase_signals = 0;
   uint64_t graphs_uploaded = 0;
+  uint64_t policy_swaps_out = 0;
+  uint64_t policy_swaps_in = 0;
+  uint64_t swap_refusals = 0;
+  uint64_t lru_evictions = 0;
 };
 
 class Server {
@@ -98,6 +103,11 @@ class Server {
   Status dispatch(const DecodedRequest& request, Outgoing& out);
   Result<SessionRecord*> authorize(const Request& request);
   void expire_leases();
+  double now_s() const { return std::chrono::duration<double>(Clock::now() - started_).count(); }
+  // Finishes swap copies that are done and tells the policy; then carries out what the
+  // policy decides now.
+  void run_swap_policy();
+  void note_step(SessionId id);
   void renew(SessionRecord& record);
   void count_error(const std::string& kind);
   void send(zmq::message_t& identity, Outgoing& out);
@@ -121,6 +131,13 @@ class Server {
   std::atomic<bool> stop_requested_{false};
   std::map<SessionId, SessionRecord> sessions_;
   std::unordered_map<uint64_t, StoredGraph> graphs_;
+  SwapPolicy policy_;
+  struct PendingSwap {
+    bool out;
+    double started_s;
+    size_t bytes;
+  };
+  std::map<SessionId, PendingSwap> pending_swaps_;
   ServerCounters counters_;
   uint64_t errors_total_ = 0;
   Clock::time_point started_ = Clock::now();

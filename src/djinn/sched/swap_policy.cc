@@ -4,7 +4,7 @@
 
 namespace djinn {
 namespace {
-constexpr double kSafetySlackS = 0.005;  // added to every swap-in margin: wake-ups, queueing
+constexpr double kSafetySlackS = 0.020;  // added to every swap-in margin: wake-ups, queueing, a scheduler tick
 }
 
 Result<SwapPolicyKind> parse_swap_policy(const std::string& name) {
@@ -35,6 +35,7 @@ void SwapPolicy::session_ran(int64_t session, Seconds now) {
   it->second.resident = true;
   it->second.last_active = now;
   it->second.in_requested = false;
+  it->second.out_requested = false;
 }
 
 void SwapPolicy::signal_io_wait(int64_t session, Seconds now, std::optional<double> estimated_resume_ms) {
@@ -69,6 +70,13 @@ void SwapPolicy::swapped_in(int64_t session, size_t bytes, Seconds took) {
   }
   if (took > 0 && bytes >= (size_t{1} << 20))  // small copies measure latency, not speed
     swap_in_bytes_per_s_ = 0.8 * swap_in_bytes_per_s_ + 0.2 * (static_cast<double>(bytes) / took);
+}
+
+void SwapPolicy::swap_failed(int64_t session) {
+  auto it = sessions_.find(session);
+  if (it == sessions_.end()) return;
+  it->second.out_requested = false;
+  it->second.in_requested = false;
 }
 
 void SwapPolicy::set_kv_bytes(int64_t session, size_t bytes) {

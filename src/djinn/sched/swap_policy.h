@@ -54,6 +54,7 @@ class SwapPolicy {
   void swapped_out(int64_t session);
   void swapped_in(int64_t session, size_t bytes, Seconds took);  // updates the measured speed
   void set_kv_bytes(int64_t session, size_t bytes);
+  void swap_failed(int64_t session);  // a decided swap did not happen: decide again later
 
   // What to do now (swap-outs first). Reports each decision once.
   std::vector<SwapDecision> decide(Seconds now);

@@ -1,0 +1,135 @@
+// The swap policies at work inside `djinn serve`: phase signals and idleness move
+// sessions' KV caches to the HostPool and back, and generation never notices.
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <thread>
+
+#include "djinn/rpc/client.h"
+#include "djinn/rpc/server.h"
+
+namespace djinn {
+namespace {
+
+using namespace std::chrono_literals;
+
+class PolicyServer {
+ public:
+  explicit PolicyServer(const std::string& policy, double idle_timeout_s = 30) {
+    rpc::ServerOptions options;
+    options.listen = {"tcp://127.0.0.1:*"};
+    options.runtime.device_mem_gb = 0.25;
+    options.runtime.host_pool_gb = 0.05;
+    options.policy = policy;
+    options.idle_timeout_s = idle_timeout_s;
+    server_ = std::move(rpc::Server::create(options)).value();
+    thread_ = std::thread([this] { (void)server_->serve(); });
+    client_ = std::move(Client::connect(server_->endpoints()[0])).value();
+  }
+  ~PolicyServer() {
+    server_->stop();
+    thread_.join();
+  }
+  Client& client() { return *client_; }
+  nlohmann::json session_stats(uint64_t id) {
+    const nlohmann::json stats = *client_->stats();
+    for (const nlohmann::json& s : stats["sessions"])
+      if (s["id"] == id) return s;
+    return {};
+  }
+  nlohmann::json stats() { return *client_->stats(); }
+
+  // Polls until `state` or the timeout; returns the last state seen.
+  std::string wait_for_state(uint64_t id, const std::string& state, std::chrono::milliseconds timeout) {
+    const auto deadline = std::chrono::steady_clock::now() + timeout;
+    std::string seen;
+    while (std::chrono::steady_clock::now() < deadline) {
+      seen = session_stats(id)["state"].get<std::string>();
+      if (seen == state) break;
+      std::this_thread::sleep_for(5ms);
+    }
+    return seen;
+  }
+
+ private:
+  std::unique_ptr<rpc::Server> server_;
+  std::thread thread_;
+  std::unique_ptr<Client> client_;
+};
+
+std::vector<int32_t> prompt_of(int n, int salt) {
+  std::vector<int32_t> ids;
+  for (int i = 0; i < n; ++i) ids.push_back((i * 13 + salt * 7 + 1) % 512);
+  return ids;
+}
+
+TEST(ServerPolicy, ProactiveSwapsOutOnIoWaitAndIsBackBeforeTheResumeTime) {
+  PolicyServer server("proactive");
+  const uint64_t model = server.client().load_model("llama-tiny")->model_id();
+  RemoteSession agent = *server.client().open_session(model, 128);
+  RemoteSession twin = *server.client().open_session(model, 128);
+  ASSERT_TRUE(agent.generate(prompt_of(20, 1), 4).ok());
+  ASSERT_TRUE(twin.generate(prompt_of(20, 1), 4).ok());
+  const size_t arenas_before = server.stats()["vmu"]["data"]["arenas_live"].get<size_t>();
+
+  const auto signalled = std::chrono::steady_clock::now();
+  ASSERT_TRUE(agent.signal(rpc::SignalPhase::IO_WAIT, /*estimated_resume_ms=*/1000).ok());
+  EXPECT_EQ(server.wait_for_state(agent.id(), "SWAPPED", 200ms), "SWAPPED");
+  EXPECT_EQ(server.stats()["vmu"]["data"]["arenas_live"].get<size_t>(), arenas_before - 1);
+  EXPECT_GT(server.stats()["vmu"]["host_pool"]["used"].get<size_t>(), 0u);
+  // Not brought back early: at 600 ms it is still out...
+  std::this_thread::sleep_until(signalled + 600ms);
+  EXPECT_EQ(server.session_stats(agent.id())["state"], "SWAPPED");
+  // ...and the prefetch has started (or finished) before the 1000 ms the agent announced.
+  const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(signalled + 1000ms - std::chrono::steady_clock::now());
+  const std::string state = server.wait_for_state(agent.id(), "RESIDENT", left);
+  EXPECT_TRUE(state == "RESIDENT" || state == "SWAPPING_IN") << state;
+  ASSERT_TRUE(agent.signal(rpc::SignalPhase::COMPUTE).ok());
+  const auto a = agent.generate(prompt_of(2, 9), 6);
+  const auto b = twin.generate(prompt_of(2, 9), 6);
+  ASSERT_TRUE(a.ok() && b.ok());
+  EXPECT_EQ(a->tokens, b->tokens);
+  EXPECT_EQ(server.stats()["counters"]["policy_swaps_out"], 1);
+  EXPECT_EQ(server.stats()["counters"]["policy_swaps_in"], 1);
+}
+
+TEST(ServerPolicy, ProactiveWithoutAnEstimateWaitsForCompute) {
+  PolicyServer server("proactive");
+  const uint64_t model = server.client().load_model("gpt2-tiny")->model_id();
+  RemoteSession agent = *server.client().open_session(model, 64);
+  ASSERT_TRUE(agent.generate(prompt_of(10, 2), 2).ok());
+  ASSERT_TRUE(agent.signal(rpc::SignalPhase::IO_WAIT).ok());
+  EXPECT_EQ(server.wait_for_state(agent.id(), "SWAPPED", 200ms), "SWAPPED");
+  std::this_thread::sleep_for(100ms);
+  EXPECT_EQ(server.session_stats(agent.id())["state"], "SWAPPED");
+  ASSERT_TRUE(agent.signal(rpc::SignalPhase::COMPUTE).ok());
+  EXPECT_EQ(server.wait_for_state(agent.id(), "RESIDENT", 200ms), "RESIDENT");
+}
+
+TEST(ServerPolicy, ReactiveSwapsIdleSessionsAndGenerateBringsThemBack) {
+  PolicyServer server("reactive", /*idle_timeout_s=*/0.1);
+  const uint64_t model = server.client().load_model("gpt2-tiny")->model_id();
+  RemoteSession session = *server.client().open_session(model, 64);
+  RemoteSession twin = *server.client().open_session(model, 64);
+  ASSERT_TRUE(session.generate(prompt_of(12, 3), 3).ok());
+  ASSERT_TRUE(twin.generate(prompt_of(12, 3), 3).ok());
+  ASSERT_TRUE(session.signal(rpc::SignalPhase::IO_WAIT, 10).ok());  // ignored by reactive
+  EXPECT_EQ(server.wait_for_state(session.id(), "SWAPPED", 500ms), "SWAPPED");
+  const auto a = session.generate(prompt_of(1, 4), 5);  // implicit swap-in
+  ASSERT_TRUE(a.ok()) << a.status().to_string();
+  EXPECT_EQ(a->tokens, twin.generate(prompt_of(1, 4), 5)->tokens);
+}
+
+TEST(ServerPolicy, NoneNeverSwaps) {
+  PolicyServer server("none");
+  const uint64_t model = server.client().load_model("gpt2-tiny")->model_id();
+  RemoteSession session = *server.client().open_session(model, 64);
+  ASSERT_TRUE(session.generate(prompt_of(5, 5), 2).ok());
+  ASSERT_TRUE(session.signal(rpc::SignalPhase::IO_WAIT, 50).ok());
+  std::this_thread::sleep_for(150ms);
+  EXPECT_EQ(server.session_stats(session.id())["state"], "RESIDENT");
+  EXPECT_EQ(server.stats()["swap"]["swaps_out"], 0);
+}
+
+}  // namespace
+}  // namespace djinn
