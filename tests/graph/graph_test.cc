@@ -47,7 +47,13 @@ TEST(ShapeInference, RejectsMismatchedInputs) {
                    .ok());  // eps 0
   OpAttrs heads{.n_heads = 3, .n_kv_heads = 2, .head_dim = 4};
   const ValueType q{DType::kF32, {1, 12}}, cache{DType::kF32, {16, 8}};
-  EXPECT_FALSE(infer_output_type(OpKind::kAttention, heads, std::vector{q, cache, cache}).ok());  // 3 % 2 != 0
+  const ValueType pos{DType::kI32, {1}};
+  EXPECT_FALSE(infer_output_type(OpKind::kAttention, heads, std::vector{q, cache, cache, pos}).ok());  // 3 % 2 != 0
+  OpAttrs good{.n_heads = 2, .n_kv_heads = 1, .head_dim = 6};
+  const ValueType kv_cache{DType::kF32, {16, 6}};
+  EXPECT_TRUE(infer_output_type(OpKind::kAttention, good, std::vector{q, kv_cache, kv_cache, pos}).ok());
+  const ValueType wrong_pos{DType::kI64, {1}};
+  EXPECT_FALSE(infer_output_type(OpKind::kAttention, good, std::vector{q, kv_cache, kv_cache, wrong_pos}).ok());
 }
 
 TEST(Graph, NodesAreOrderedAndLifetimesPropagate) {
@@ -55,8 +61,9 @@ TEST(Graph, NodesAreOrderedAndLifetimesPropagate) {
   const ValueId w = g.add_weight("w", DType::kF32, {8, 8});
   const ValueId kv = g.add_kv("kv.0.k", DType::kF32, {16, 8});
   const ValueId x = g.add_io_input("x", DType::kF32, {1, 8});
+  const ValueId pos = g.add_io_input("pos", DType::kI32, {1});
   const ValueId y = g.add_node(OpKind::kMatMul, {x, w});
-  const ValueId appended = g.add_node(OpKind::kKvAppend, {kv, y});
+  const ValueId appended = g.add_node(OpKind::kKvAppend, {kv, y, pos});
   g.mark_output(appended);
   EXPECT_EQ(g.value(y).lifetime, LifetimeClass::kActivation);
   EXPECT_EQ(g.value(appended).lifetime, LifetimeClass::kKv);  // aliases the cache

@@ -207,7 +207,8 @@ TEST(GraphCodec, RefusesAttentionHeadsWhoseWidthOverflows) {
   const ValueId q = g.add_io_input("q", DType::kF32, {1, 8});
   const ValueId k = g.add_kv("k", DType::kF32, {4, 8});
   const ValueId v = g.add_kv("v", DType::kF32, {4, 8});
-  g.mark_output(g.add_node(OpKind::kAttention, {q, k, v}, OpAttrs{.n_heads = 2, .n_kv_heads = 2, .head_dim = 4, .scale = 0.5f}));
+  const ValueId pos = g.add_io_input("pos", DType::kI32, {1});
+  g.mark_output(g.add_node(OpKind::kAttention, {q, k, v, pos}, OpAttrs{.n_heads = 2, .n_kv_heads = 2, .head_dim = 4, .scale = 0.5f}));
   GraphDef def = encode(g);
   ASSERT_TRUE(graph_from_proto(def).ok());
   // (2^62 + 2) * 4 wraps to 8 in 64 bits: the widths would "agree" with 2^62 heads.
@@ -255,8 +256,8 @@ TEST(GraphCodec, RandomMutationsNeverCrash) {
   const ValueId h = g.add_node(OpKind::kMatMul, {x, w});
   const ValueId n = g.add_node(OpKind::kRmsNorm, {h, gamma}, OpAttrs{.eps = 1e-5f});
   const ValueId r = g.add_node(OpKind::kRope, {n, pos}, OpAttrs{.head_dim = 4, .rope_theta = 10000});
-  const ValueId kv = g.add_node(OpKind::kKvAppend, {cache, r});
-  const ValueId att = g.add_node(OpKind::kAttention, {r, kv, kv}, OpAttrs{.n_heads = 2, .n_kv_heads = 2, .head_dim = 4, .scale = 0.5f});
+  const ValueId kv = g.add_node(OpKind::kKvAppend, {cache, r, pos});
+  const ValueId att = g.add_node(OpKind::kAttention, {r, kv, kv, pos}, OpAttrs{.n_heads = 2, .n_kv_heads = 2, .head_dim = 4, .scale = 0.5f});
   const ValueId sm = g.add_node(OpKind::kSoftmax, {att});
   const ValueId last = g.add_node(OpKind::kLastRow, {sm});
   g.mark_output(last);

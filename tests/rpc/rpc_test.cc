@@ -1063,7 +1063,8 @@ TEST(RpcDeathTest, HostileGraphsAreRefusedWithoutCrashing) {
     const ValueId q = g.add_io_input("q", DType::kF32, {1, 8});
     const ValueId k = g.add_kv("k", DType::kF32, {4, 8});
     const ValueId v = g.add_kv("v", DType::kF32, {4, 8});
-    g.mark_output(g.add_node(OpKind::kAttention, {q, k, v}, OpAttrs{.n_heads = 2, .n_kv_heads = 2, .head_dim = 4, .scale = 0.5f}));
+    const ValueId pos = g.add_io_input("pos", DType::kI32, {1});
+    g.mark_output(g.add_node(OpKind::kAttention, {q, k, v, pos}, OpAttrs{.n_heads = 2, .n_kv_heads = 2, .head_dim = 4, .scale = 0.5f}));
     rpc::graph_to_proto(g, attention);
   }
   rpc::GraphDef heads = attention;
@@ -1073,14 +1074,24 @@ TEST(RpcDeathTest, HostileGraphsAreRefusedWithoutCrashing) {
     Graph g(Phase::kDecode);
     const ValueId cache = g.add_kv("cache", DType::kF32, {4, 4});
     const ValueId fresh = g.add_io_input("new", DType::kF32, {1, 4});
-    g.mark_output(g.add_node(OpKind::kKvAppend, {cache, fresh}));
+    const ValueId pos = g.add_io_input("pos", DType::kI32, {1});
+    g.mark_output(g.add_node(OpKind::kKvAppend, {cache, fresh, pos}));
     rpc::graph_to_proto(g, append);
   }
-  const std::vector<TensorView> attention_inputs = {view(8, {4, 8}), view(8, {4, 8}), view(0, {1, 8})};
+  // Positions are data: the largest a client can send is INT32_MAX (and negative ones).
+  static int32_t pos_huge[1] = {INT32_MAX}, pos_negative[1] = {-5}, pos_two[1] = {2}, pos_three[1] = {3};
+  auto pos = [](int32_t* p) { return TensorView::contiguous(p, {1}, DType::kI32, LifetimeClass::kIo); };
+  const std::vector<TensorView> attention_inputs = {view(8, {4, 8}), view(8, {4, 8}), view(0, {1, 8}), pos(pos_two)};
+  std::vector<TensorView> attention_huge = attention_inputs;
+  attention_huge[3] = pos(pos_huge);
+  std::vector<TensorView> attention_negative = attention_inputs;
+  attention_negative[3] = pos(pos_negative);
   EXPECT_NO_CRASH(refused_and_still_serving(slice, {view(0, {1, 4})}, {.seq = 1, .past = 0}));
   EXPECT_NO_CRASH(refused_and_still_serving(heads, attention_inputs, {.seq = 1, .past = 0}));
-  EXPECT_NO_CRASH(refused_and_still_serving(append, {view(0, {4, 4}), view(16, {1, 4})}, {.seq = 1, .past = INT64_MAX}));
-  EXPECT_NO_CRASH(refused_and_still_serving(attention, attention_inputs, {.seq = 1, .past = INT64_MAX}));
+  EXPECT_NO_CRASH(refused_and_still_serving(append, {view(0, {4, 4}), view(16, {1, 4}), pos(pos_huge)}, {.seq = 1, .past = 0}));
+  EXPECT_NO_CRASH(refused_and_still_serving(append, {view(0, {4, 4}), view(16, {1, 4}), pos(pos_negative)}, {.seq = 1, .past = 0}));
+  EXPECT_NO_CRASH(refused_and_still_serving(attention, attention_huge, {.seq = 1, .past = 0}));
+  EXPECT_NO_CRASH(refused_and_still_serving(attention, attention_negative, {.seq = 1, .past = 0}));
   // Sanity: the same graphs with sane attributes run.
   LoopbackServer server;
   auto client = server.connect();
@@ -1088,7 +1099,7 @@ TEST(RpcDeathTest, HostileGraphsAreRefusedWithoutCrashing) {
   *request.mutable_run_graph()->mutable_graph() = append;
   request.mutable_run_graph()->set_seq(1);
   request.mutable_run_graph()->set_past(3);
-  const std::vector<TensorView> append_inputs = {view(0, {4, 4}), view(16, {1, 4})};
+  const std::vector<TensorView> append_inputs = {view(0, {4, 4}), view(16, {1, 4}), pos(pos_three)};
   Result<ReplyMessage> reply = client->call(request, append_inputs);
   EXPECT_TRUE(reply.ok()) << reply.status().to_string();
   *request.mutable_run_graph()->mutable_graph() = attention;

@@ -212,17 +212,21 @@ GraphWorkload transformer_layer(int64_t rows, int64_t hidden, int64_t heads) {
   const ValueId v_cache = g.add_kv("kv.0.v", DType::kF32, {rows, hidden});
   w.resident.push_back(random_tensor({rows, hidden}, rng, 0));
   const ValueId x = g.add_io_input("x", DType::kF32, {Symbol::kSeq, hidden});
+  const ValueId positions = g.add_io_input("positions", DType::kI32, {Symbol::kSeq});
   const ValueId qkv = linear(layernorm(x, "ln_1"), "c_attn", hidden, 3 * hidden);
   auto split = [&](int64_t i) { return g.add_node(OpKind::kSlice, {qkv}, OpAttrs{.start = i * hidden, .length = hidden}); };
   const ValueId attn = g.add_node(
       OpKind::kAttention,
-      {split(0), g.add_node(OpKind::kKvAppend, {k_cache, split(1)}), g.add_node(OpKind::kKvAppend, {v_cache, split(2)})},
+      {split(0), g.add_node(OpKind::kKvAppend, {k_cache, split(1), positions}),
+       g.add_node(OpKind::kKvAppend, {v_cache, split(2), positions}), positions},
       OpAttrs{.n_heads = heads, .n_kv_heads = heads, .head_dim = hidden / heads,
               .scale = 1.0f / std::sqrt(static_cast<float>(hidden / heads))});
   const ValueId h = g.add_node(OpKind::kAdd, {x, linear(attn, "c_proj", hidden, hidden)});
   const ValueId up = g.add_node(OpKind::kGeluNew, {linear(layernorm(h, "ln_2"), "c_fc", hidden, 4 * hidden)});
   g.mark_output(g.add_node(OpKind::kAdd, {h, linear(up, "mlp_proj", 4 * hidden, hidden)}));
-  w.io = {random_tensor({rows, hidden}, rng, 1)};
+  HostTensor pos{DType::kI32, {rows}, std::vector<std::byte>(static_cast<size_t>(rows) * 4)};
+  for (int64_t i = 0; i < rows; ++i) reinterpret_cast<int32_t*>(pos.bytes.data())[i] = static_cast<int32_t>(i);
+  w.io = {random_tensor({rows, hidden}, rng, 1), std::move(pos)};
   w.symbols = {.seq = rows, .past = 0};
   return w;
 }

@@ -20,11 +20,18 @@
 //               (rotate-half layout of Hugging Face Llama)
 //   softmax     (x[rows, N])                             -> [rows, N], over the last dim
 //   slice       (x[rows, N]) start, length               -> [rows, length], columns [start, start+length)
-//   kv_append   (cache[capacity, W], new[seq, W])        -> the same cache, rows [past, past+seq) written
+//   kv_append   (cache[capacity, W], new[seq, W], pos[seq] i32) -> the same cache, rows [past, past+seq)
+//               written, past = pos[0] (pos must be consecutive)
 //               (the output aliases input 0; it exists so attention depends on the write)
-//   attention   (q[seq, n_heads*head_dim], k_cache[capacity, n_kv_heads*head_dim], v_cache[same])
-//               n_heads, n_kv_heads, head_dim, scale -> [seq, n_heads*head_dim]
-//               causal: query row i sits at position past+i and sees cache rows [0, past+i]
+//   attention   (q[seq, n_heads*head_dim], k_cache[capacity, n_kv_heads*head_dim], v_cache[same],
+//               pos[seq] i32) n_heads, n_kv_heads, head_dim, scale -> [seq, n_heads*head_dim]
+//               causal: query row i sits at position pos[i] = past+i and sees cache rows [0, past+i]
+//   (Positions come in as data, not as the step's `past` symbol, so that one batched
+//   decode step can serve sessions at different lengths: each session's rows carry
+//   their own positions.)
+//   rows        (x[R, N] or x[R]) start, length          -> [length, N] / [length]: rows [start, start+length)
+//               (any dtype)
+//   concat_rows (a[Ra, N], b[Rb, N])                     -> [Ra+Rb, N] (same dtype)
 //   last_row    (x[rows, N])                             -> [1, N]
 //   argmax      (x[rows, N])                             -> [rows] i32, first maximum of each row
 #pragma once
@@ -41,7 +48,9 @@
   X(Rope, "rope", 2, 0)                                \
   X(Softmax, "softmax", 1, 0)                          \
   X(Slice, "slice", 1, 0)                              \
-  X(KvAppend, "kv_append", 2, kWritesKv | kAliasesInput0) \
-  X(Attention, "attention", 3, kReadsKv)               \
+  X(KvAppend, "kv_append", 3, kWritesKv | kAliasesInput0) \
+  X(Attention, "attention", 4, kReadsKv)               \
+  X(Rows, "rows", 1, 0)                                \
+  X(ConcatRows, "concat_rows", 2, 0)                   \
   X(LastRow, "last_row", 1, 0)                         \
   X(Argmax, "argmax", 1, 0)

@@ -16,6 +16,9 @@ Status mismatch(OpKind op, std::span<const ValueType> inputs, std::string_view w
 
 bool is_matrix(const ValueType& t) { return t.shape.rank() == 2; }
 bool is_vector(const ValueType& t) { return t.shape.rank() == 1; }
+bool is_positions(const ValueType& t, const Dim& rows) {
+  return is_vector(t) && t.dtype == DType::kI32 && t.shape[0] == rows;
+}
 
 }  // namespace
 
@@ -79,10 +82,12 @@ Result<ValueType> infer_output_type(OpKind op, const OpAttrs& attrs, std::span<c
     case OpKind::kKvAppend:
       if (!float_matrix(in[0]) || !float_matrix(in[1]) || !(in[0].shape[1] == in[1].shape[1]))
         return mismatch(op, in, "needs cache[capacity, W] and new[seq, W]");
+      if (!is_positions(in[2], in[1].shape[0])) return mismatch(op, in, "needs i32 positions[seq]");
       return in[0];
     case OpKind::kAttention: {
       if (!float_matrix(in[0]) || !float_matrix(in[1]) || !float_matrix(in[2]) || !(in[1].shape == in[2].shape))
         return mismatch(op, in, "needs q[seq, Hq], k_cache[capacity, Hkv], v_cache[capacity, Hkv]");
+      if (!is_positions(in[3], in[0].shape[0])) return mismatch(op, in, "needs i32 positions[seq]");
       const int64_t nh = attrs.n_heads, nkv = attrs.n_kv_heads, hd = attrs.head_dim;
       constexpr int64_t kMaxHeadsOrDim = int64_t{1} << 20;  // keeps nh * hd far from overflow
       if (nh <= 0 || nkv <= 0 || hd <= 0 || nh % nkv != 0 || nh > kMaxHeadsOrDim || hd > kMaxHeadsOrDim)
@@ -90,6 +95,22 @@ Result<ValueType> infer_output_type(OpKind op, const OpAttrs& attrs, std::span<c
       if (!(in[0].shape[1] == Dim(nh * hd)) || !(in[1].shape[1] == Dim(nkv * hd)))
         return mismatch(op, in, "widths disagree with heads x head_dim");
       return ValueType{DType::kF32, in[0].shape};
+    }
+    case OpKind::kRows: {
+      if (!is_matrix(in[0]) && !is_vector(in[0])) return mismatch(op, in, "needs x[R, N] or x[R]");
+      if (attrs.start < 0 || attrs.length <= 0 || (!in[0].shape[0].is_symbolic() &&
+                                                   (attrs.start > in[0].shape[0].value ||
+                                                    attrs.length > in[0].shape[0].value - attrs.start)))
+        return mismatch(op, in, fmt::format("rows [{}, +{}) out of range", attrs.start, attrs.length));
+      if (is_vector(in[0])) return ValueType{in[0].dtype, {attrs.length}};
+      return ValueType{in[0].dtype, {attrs.length, in[0].shape[1]}};
+    }
+    case OpKind::kConcatRows: {
+      if (!is_matrix(in[0]) || !is_matrix(in[1]) || in[0].dtype != in[1].dtype || !(in[0].shape[1] == in[1].shape[1]) ||
+          in[0].shape[0].is_symbolic() || in[1].shape[0].is_symbolic() || in[0].shape[0].value > (int64_t{1} << 40) ||
+          in[1].shape[0].value > (int64_t{1} << 40))
+        return mismatch(op, in, "needs a[Ra, N] and b[Rb, N] of one dtype, constant rows");
+      return ValueType{in[0].dtype, {in[0].shape[0].value + in[1].shape[0].value, in[0].shape[1]}};
     }
     case OpKind::kLastRow:
       if (!float_matrix(in[0])) return mismatch(op, in, "needs a float matrix");

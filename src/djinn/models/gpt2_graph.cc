@@ -36,12 +36,9 @@ ModelGraph build_gpt2_graph(const ModelConfig& c, const GraphOptions& options) {
     auto split = [&](int64_t index) {
       return b.node(OpKind::kSlice, {qkv}, OpAttrs{.start = index * hidden, .length = hidden});
     };
-    const auto [k_cache, v_cache] = b.kv_caches(layer);
-    const ValueId k_all = b.node(OpKind::kKvAppend, {k_cache, split(1)});
-    const ValueId v_all = b.node(OpKind::kKvAppend, {v_cache, split(2)});
     float scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
     if (c.scale_attn_by_inverse_layer_idx) scale /= static_cast<float>(layer + 1);
-    const ValueId attn = b.attention(split(0), k_all, v_all, scale);
+    const ValueId attn = b.attend(layer, split(0), split(1), split(2), scale);
     x = b.node(OpKind::kAdd, {x, conv1d(attn, p + ".attn.c_proj", hidden, hidden)});
     const ValueId up = conv1d(layernorm(x, p + ".ln_2"), p + ".mlp.c_fc", hidden, c.intermediate_size);
     const ValueId down = conv1d(b.node(OpKind::kGeluNew, {up}), p + ".mlp.c_proj", c.intermediate_size, hidden);

@@ -34,9 +34,7 @@ ModelGraph build_llama_graph(const ModelConfig& c, const GraphOptions& options) 
     const ValueId k = b.node(OpKind::kRope, {linear(h, p + ".self_attn.k_proj.weight", hidden, kv_width), g.positions},
                              rope_attrs);
     const ValueId v = linear(h, p + ".self_attn.v_proj.weight", hidden, kv_width);
-    const auto [k_cache, v_cache] = b.kv_caches(layer);
-    const ValueId attn = b.attention(q, b.node(OpKind::kKvAppend, {k_cache, k}), b.node(OpKind::kKvAppend, {v_cache, v}),
-                                     1.0f / std::sqrt(static_cast<float>(c.head_dim)));
+    const ValueId attn = b.attend(layer, q, k, v, 1.0f / std::sqrt(static_cast<float>(c.head_dim)));
     x = b.node(OpKind::kAdd, {x, linear(attn, p + ".self_attn.o_proj.weight", q_width, hidden)});
 
     const ValueId h2 = rmsnorm(x, p + ".post_attention_layernorm.weight");

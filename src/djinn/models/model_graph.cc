@@ -28,13 +28,17 @@ std::pair<ValueId, ValueId> GraphBuilderBase::kv_caches(int64_t layer) {
   return {k, v};
 }
 
-ValueId GraphBuilderBase::attention(ValueId q, ValueId k_cache, ValueId v_cache, float scale) {
+ValueId GraphBuilderBase::attend(int64_t layer, ValueId q, ValueId k, ValueId v, float scale) {
+  const auto [k_cache, v_cache] = kv_caches(layer);
   OpAttrs attrs;
   attrs.n_heads = config_.n_heads;
   attrs.n_kv_heads = config_.n_kv_heads;
   attrs.head_dim = config_.head_dim;
   attrs.scale = scale;
-  return node(OpKind::kAttention, {q, k_cache, v_cache}, attrs);
+  const ValueId positions = out_.positions;
+  return node(OpKind::kAttention,
+              {q, node(OpKind::kKvAppend, {k_cache, k, positions}), node(OpKind::kKvAppend, {v_cache, v, positions}), positions},
+              attrs);
 }
 
 ModelGraph GraphBuilderBase::finish(ValueId final_hidden, ValueId lm_head_weight) {

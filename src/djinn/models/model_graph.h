@@ -73,7 +73,9 @@ class GraphBuilderBase {
     attrs.transpose_b = transpose_b;
     return node(OpKind::kMatMul, {x, w}, attrs);
   }
-  ValueId attention(ValueId q, ValueId k_cache, ValueId v_cache, float scale);
+  // Appends k / v of the step to the layer's caches and attends q over them, at the
+  // step's positions.
+  ValueId attend(int64_t layer, ValueId q, ValueId k, ValueId v, float scale);
   // Final norm output [rows, H] -> logits and next_token outputs.
   ModelGraph finish(ValueId final_hidden, ValueId lm_head_weight);
 

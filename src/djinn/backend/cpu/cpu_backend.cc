@@ -11,7 +11,7 @@
 namespace djinn {
 
 Status CpuBackend::run_op(OpKind op, const OpAttrs& a, std::span<const TensorView* const> in, const TensorView& out,
-                          const SymbolBindings& bindings) {
+                          const SymbolBindings& /*bindings*/) {
   switch (op) {
     case OpKind::kEmbedding: return cpu::embedding(*in[0], *in[1], out);
     case OpKind::kMatMul: return cpu::matmul(*in[0], *in[1], a.transpose_b, out);
@@ -24,8 +24,16 @@ Status CpuBackend::run_op(OpKind op, const OpAttrs& a, std::span<const TensorVie
     case OpKind::kRope: return cpu::rope(*in[0], *in[1], a.head_dim, a.rope_theta, out);
     case OpKind::kSoftmax: return cpu::softmax(*in[0], out);
     case OpKind::kSlice: return cpu::slice(*in[0], a.start, a.length, out);
-    case OpKind::kKvAppend: return cpu::kv_append(*in[0], *in[1], bindings.past);
-    case OpKind::kAttention: return cpu::attention(*in[0], *in[1], *in[2], a, bindings.past, out);
+    case OpKind::kKvAppend: {
+      DJINN_ASSIGN_OR_RETURN(const int64_t past, cpu::past_of(*in[2]));
+      return cpu::kv_append(*in[0], *in[1], past);
+    }
+    case OpKind::kAttention: {
+      DJINN_ASSIGN_OR_RETURN(const int64_t past, cpu::past_of(*in[3]));
+      return cpu::attention(*in[0], *in[1], *in[2], a, past, out);
+    }
+    case OpKind::kRows: return cpu::rows(*in[0], a.start, a.length, out);
+    case OpKind::kConcatRows: return cpu::concat_rows(*in[0], *in[1], out);
     case OpKind::kLastRow: return cpu::last_row(*in[0], out);
     case OpKind::kArgmax: return cpu::argmax(*in[0], out);
   }

@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <vector>
 
 namespace djinn::cpu {
@@ -250,6 +251,32 @@ Status attention(const TensorView& q, const TensorView& k_cache, const TensorVie
     }
   }
   return {};
+}
+
+Status rows(const TensorView& x, int64_t start, int64_t length, const TensorView& out) {
+  const int64_t total = x.dim(0);
+  if (start < 0 || length < 0 || start > total || length > total - start)
+    return out_of_range(fmt::format("rows [{}, +{}) of a tensor of {} rows", start, length, total));
+  const size_t row_bytes = x.rank() == 1 ? dtype_size(x.dtype) : static_cast<size_t>(x.dim(1)) * dtype_size(x.dtype);
+  std::memcpy(out.data, static_cast<const std::byte*>(x.data) + static_cast<size_t>(start) * row_bytes,
+              static_cast<size_t>(length) * row_bytes);
+  return {};
+}
+
+Status concat_rows(const TensorView& a, const TensorView& b, const TensorView& out) {
+  std::memcpy(out.data, a.data, a.nbytes());
+  std::memcpy(static_cast<std::byte*>(out.data) + a.nbytes(), b.data, b.nbytes());
+  return {};
+}
+
+Result<int64_t> past_of(const TensorView& positions) {
+  const int64_t n = positions.dim(0);
+  if (n == 0) return int64_t{0};
+  const auto* p = positions.as<const int32_t>();
+  for (int64_t i = 1; i < n; ++i)
+    if (p[i] != p[0] + i)
+      return invalid_argument(fmt::format("positions must be consecutive: position {} is {} after {}", i, p[i], p[i - 1]));
+  return static_cast<int64_t>(p[0]);
 }
 
 Status last_row(const TensorView& x, const TensorView& out) {

@@ -32,6 +32,13 @@ Status kv_append(const TensorView& cache, const TensorView& fresh, int64_t past)
 Status attention(const TensorView& q, const TensorView& k_cache, const TensorView& v_cache, const OpAttrs& attrs,
                  int64_t past, const TensorView& out);
 Status last_row(const TensorView& x, const TensorView& out);
+// out = x rows [start, start + length) (any dtype, rank 1 or 2).
+Status rows(const TensorView& x, int64_t start, int64_t length, const TensorView& out);
+// out = a stacked over b (same dtype and width).
+Status concat_rows(const TensorView& a, const TensorView& b, const TensorView& out);
+// The `past` a kv_append / attention step writes and reads at: positions[0], after
+// checking that positions[i] == positions[0] + i (one sequence, in order).
+Result<int64_t> past_of(const TensorView& positions);
 Status argmax(const TensorView& x, const TensorView& out);
 
 }  // namespace djinn::cpu
