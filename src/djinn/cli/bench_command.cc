@@ -171,6 +171,72 @@ Status bench_plan_cache(const PlanCacheBenchOptions& options) {
   return {};
 }
 
+struct BatchBenchOptions {
+  ModelOptions model;
+  int64_t sessions = 16;
+  int64_t prompt_len = 32;
+  int64_t steps = 20;
+  bool json = false;
+};
+
+// One session's decode step against one batched step of N sessions, same run.
+Status bench_batch(const BatchBenchOptions& options) {
+  DJINN_ASSIGN_OR_RETURN(LoadedModel loaded, load_model(options.model));
+  Runtime& runtime = *loaded.runtime;
+  const ModelConfig& config = loaded.model->config();
+  const int64_t context = options.prompt_len + options.steps + 2;
+  if (context > config.max_positions) return out_of_range("prompt + steps exceed the model's context");
+  std::vector<SessionId> sessions;
+  std::vector<int32_t> next;
+  for (int64_t i = 0; i <= options.sessions; ++i) {  // session 0 runs alone, 1..N batched
+    DJINN_ASSIGN_OR_RETURN(SessionId s, runtime.open_session(loaded.id, context));
+    // Ragged lengths: session i's prompt is a little shorter than the one before.
+    const int64_t len = std::max<int64_t>(1, options.prompt_len - i);
+    DJINN_ASSIGN_OR_RETURN(ForwardResult r, runtime.forward(s, random_token_ids(len, config.vocab_size, options.model.seed + static_cast<uint64_t>(i))));
+    sessions.push_back(s);
+    next.push_back(r.next_token);
+  }
+  std::vector<double> single_ms, batch_ms;
+  auto ms_since = [](std::chrono::steady_clock::time_point t) {
+    return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t).count();
+  };
+  // Warm both plans, then alternate so noise hits both alike.
+  DJINN_RETURN_IF_ERROR(runtime.forward(sessions[0], std::span(&next[0], 1)));
+  DJINN_RETURN_IF_ERROR(runtime.decode_batch(std::span(sessions).subspan(1), std::span(next).subspan(1)));
+  for (int64_t step = 0; step + 2 < options.steps; ++step) {
+    auto start = std::chrono::steady_clock::now();
+    DJINN_ASSIGN_OR_RETURN(ForwardResult one, runtime.forward(sessions[0], std::span(&next[0], 1)));
+    single_ms.push_back(ms_since(start));
+    next[0] = one.next_token;
+    start = std::chrono::steady_clock::now();
+    DJINN_ASSIGN_OR_RETURN(std::vector<ForwardResult> many, runtime.decode_batch(std::span(sessions).subspan(1), std::span(next).subspan(1)));
+    batch_ms.push_back(ms_since(start));
+    for (size_t i = 0; i < many.size(); ++i) next[i + 1] = many[i].next_token;
+  }
+  const int64_t batch = options.sessions;
+  const double single = percentile(single_ms, 50), batched = percentile(batch_ms, 50);
+  nlohmann::json out = {{"benchmark", "batch"},
+                        {"machine", to_json(machine_info())},
+                        {"device", device_name(runtime.backend().device())},
+                        {"model", config.name},
+                        {"batch", batch},
+                        {"single_step_ms_p50", single},
+                        {"batch_step_ms_p50", batched},
+                        {"batch_over_single", batched / single},
+                        {"tokens_per_s_single", 1e3 / single},
+                        {"tokens_per_s_batch", 1e3 * static_cast<double>(batch) / batched},
+                        {"samples", {{"single_ms", single_ms}, {"batch_ms", batch_ms}}}};
+  if (options.json) {
+    std::cout << out.dump(2) << '\n';
+    return {};
+  }
+  fmt::print("bench batch: {} on {} ({}): one session {:.2f} ms/step, {} sessions batched {:.2f} ms/step = {:.2f}x "
+             "({:.0f} vs {:.0f} tokens/s)\n",
+             config.name, device_name(runtime.backend().device()), machine_info().cpu_model, single, batch, batched,
+             batched / single, 1e3 / single, 1e3 * static_cast<double>(batch) / batched);
+  return {};
+}
+
 }  // namespace
 
 Command add_bench_command(CLI::App& app) {
@@ -205,11 +271,20 @@ Command add_bench_command(CLI::App& app) {
   os_tax_cmd->add_option("--busy-poll-us", os_tax->busy_poll_us, "server and client busy-poll window (default 0)")
       ->check(CLI::Range(0, 1000000));
   os_tax_cmd->add_flag("--json", os_tax->json, "print JSON");
+  auto batch = std::make_shared<BatchBenchOptions>();
+  CLI::App* batch_cmd = bench->add_subcommand("batch", "One session's decode step vs one batched step of N sessions");
+  add_model_options(*batch_cmd, batch->model);
+  batch_cmd->add_option("--sessions", batch->sessions, "sessions decoded together (default 16); one more runs alone as the baseline")
+      ->check(CLI::Range(int64_t{1}, int64_t{1024}));
+  batch_cmd->add_option("--steps", batch->steps, "decode steps (default 20)")->check(CLI::Range(int64_t{3}, int64_t{100000}));
+  batch_cmd->add_option("--prompt-len", batch->prompt_len, "longest prompt (default 32)")->check(CLI::Range(int64_t{1}, int64_t{1} << 20));
+  batch_cmd->add_flag("--json", batch->json, "print JSON");
   auto swap = std::make_shared<SwapBenchOptions>();
   CLI::App* swap_cmd = bench->add_subcommand("swap", "Swap throughput beside raw copy throughput, 1 MiB to 1 GiB");
   swap_cmd->add_option("--max-mb", swap->max_mb, "largest session size, MiB (default 1024)")->check(CLI::Range(1, 65536));
   swap_cmd->add_flag("--json", swap->json, "print JSON");
-  return {bench, [decode_cmd, decode, plans_cmd, plans, os_tax_cmd, os_tax, swap_cmd, swap]() -> Status {
+  return {bench, [decode_cmd, decode, plans_cmd, plans, os_tax_cmd, os_tax, swap_cmd, swap, batch_cmd, batch]() -> Status {
+            if (batch_cmd->parsed()) return bench_batch(*batch);
             if (swap_cmd->parsed()) return bench_swap(*swap);
             if (decode_cmd->parsed()) return bench_decode(*decode);
             if (plans_cmd->parsed()) return bench_plan_cache(*plans);

@@ -78,6 +78,13 @@ class InferenceSession {
   Result<GenerateResult> generate(std::span<const int32_t> prompt, int64_t max_new_tokens);
 
   int64_t length() const { return length_; }
+  // A step run outside the session (a batched decode step over several sessions) wrote
+  // `tokens` more rows of this session's KV cache.
+  void advance_length(int64_t tokens) {
+    DJINN_CHECK(tokens >= 0 && length_ + tokens <= capacity_, "advance_length({}) past the capacity", tokens);
+    length_ += tokens;
+  }
+  Status validate_step(std::span<const int32_t> tokens) const { return validate_tokens(tokens); }
   int64_t capacity() const { return capacity_; }
   size_t kv_bytes() const;
   // The KV tensors, slot order (layer 0 K, layer 0 V, ...).

@@ -8,6 +8,8 @@ namespace detail {
 GraphBuilderBase::GraphBuilderBase(const ModelConfig& config, const GraphOptions& options)
     : config_(config), options_(options) {
   DJINN_CHECK(options.kv_capacity > 0, "kv_capacity must be > 0, got {}", options.kv_capacity);
+  DJINN_CHECK(options.batch >= 1 && (options.batch == 1 || options.phase == Phase::kDecode),
+              "batch {} > 1 is for decode graphs only", options.batch);
   DJINN_CHECK(is_floating(options.weight_dtype) && is_floating(options.kv_dtype), "weights and KV must be floating");
   out_.graph = Graph(options.phase);
   out_.token_ids = out_.graph.add_io_input("token_ids", DType::kI32, {rows()});
@@ -21,27 +23,47 @@ ValueId GraphBuilderBase::weight(const std::string& name, Shape shape, WeightIni
   return out_.graph.add_weight(name, options_.weight_dtype, std::move(sym));
 }
 
-std::pair<ValueId, ValueId> GraphBuilderBase::kv_caches(int64_t layer) {
+std::pair<ValueId, ValueId> GraphBuilderBase::kv_caches(int64_t layer, int64_t session) {
   const SymShape shape{options_.kv_capacity, config_.n_kv_heads * config_.head_dim};
-  const ValueId k = out_.graph.add_kv(fmt::format("kv.{}.k", layer), options_.kv_dtype, shape);
-  const ValueId v = out_.graph.add_kv(fmt::format("kv.{}.v", layer), options_.kv_dtype, shape);
+  const std::string prefix = options_.batch == 1 ? fmt::format("kv.{}", layer) : fmt::format("kv.{}.s{}", layer, session);
+  const ValueId k = out_.graph.add_kv(prefix + ".k", options_.kv_dtype, shape);
+  const ValueId v = out_.graph.add_kv(prefix + ".v", options_.kv_dtype, shape);
   return {k, v};
 }
 
 ValueId GraphBuilderBase::attend(int64_t layer, ValueId q, ValueId k, ValueId v, float scale) {
-  const auto [k_cache, v_cache] = kv_caches(layer);
   OpAttrs attrs;
   attrs.n_heads = config_.n_heads;
   attrs.n_kv_heads = config_.n_kv_heads;
   attrs.head_dim = config_.head_dim;
   attrs.scale = scale;
-  const ValueId positions = out_.positions;
-  return node(OpKind::kAttention,
-              {q, node(OpKind::kKvAppend, {k_cache, k, positions}), node(OpKind::kKvAppend, {v_cache, v, positions}), positions},
-              attrs);
+  auto one_sequence = [&](ValueId q_rows, ValueId k_rows, ValueId v_rows, ValueId positions, int64_t session) {
+    const auto [k_cache, v_cache] = kv_caches(layer, session);
+    return node(OpKind::kAttention,
+                {q_rows, node(OpKind::kKvAppend, {k_cache, k_rows, positions}),
+                 node(OpKind::kKvAppend, {v_cache, v_rows, positions}), positions},
+                attrs);
+  };
+  if (options_.batch == 1) return one_sequence(q, k, v, out_.positions, 0);
+  // A batched decode step: row b is session b, with its own caches and position.
+  ValueId stacked = -1;
+  for (int64_t b = 0; b < options_.batch; ++b) {
+    const OpAttrs row{.start = b, .length = 1};
+    const ValueId out = one_sequence(node(OpKind::kRows, {q}, row), node(OpKind::kRows, {k}, row),
+                                     node(OpKind::kRows, {v}, row), node(OpKind::kRows, {out_.positions}, row), b);
+    stacked = b == 0 ? out : node(OpKind::kConcatRows, {stacked, out});
+  }
+  return stacked;
 }
 
 ModelGraph GraphBuilderBase::finish(ValueId final_hidden, ValueId lm_head_weight) {
+  if (options_.batch > 1) {  // every row is a session's last token
+    out_.logits = node(OpKind::kMatMul, {final_hidden, lm_head_weight}, OpAttrs{.transpose_b = true}, "logits");
+    out_.next_token = node(OpKind::kArgmax, {out_.logits}, {}, "next_token");
+    out_.graph.mark_output(out_.logits);
+    out_.graph.mark_output(out_.next_token);
+    return std::move(out_);
+  }
   const ValueId head_input = options_.all_logits ? final_hidden : node(OpKind::kLastRow, {final_hidden});
   out_.logits = node(OpKind::kMatMul, {head_input, lm_head_weight}, OpAttrs{.transpose_b = true}, "logits");
   const ValueId last_logits = options_.all_logits ? node(OpKind::kLastRow, {out_.logits}) : out_.logits;

@@ -34,6 +34,12 @@ struct GraphOptions {
   Phase phase = Phase::kPrefill;
   int64_t kv_capacity = 0;  // rows of each KV cache tensor (the session's max context)
   bool all_logits = false;  // logits for every row, not only the last
+  // Decode only: one step for `batch` sessions at once. Row b is session b's token; the
+  // KV inputs are layer-major, then session, then K/V (layer 0: s0 K, s0 V, s1 K, ...);
+  // weights and matmuls are shared by the batch, kv_append and attention run per
+  // session on its own caches at its own position. Outputs: logits [batch, vocab],
+  // next_token [batch].
+  int64_t batch = 1;
   DType weight_dtype = DType::kF32;
   DType kv_dtype = DType::kF32;
 };
@@ -61,10 +67,10 @@ class GraphBuilderBase {
  public:
   GraphBuilderBase(const ModelConfig& config, const GraphOptions& options);
 
-  Dim rows() const { return options_.phase == Phase::kDecode ? Dim(1) : Dim(Symbol::kSeq); }
+  Dim rows() const { return options_.phase == Phase::kDecode ? Dim(options_.batch) : Dim(Symbol::kSeq); }
   ValueId weight(const std::string& name, Shape shape, WeightInit init = WeightInit::kNormal);
-  // Declares the layer's K and V caches; returns {k_cache, v_cache}.
-  std::pair<ValueId, ValueId> kv_caches(int64_t layer);
+  // Declares the layer's K and V caches (of batch row `session`); returns {k_cache, v_cache}.
+  std::pair<ValueId, ValueId> kv_caches(int64_t layer, int64_t session = 0);
   ValueId node(OpKind op, std::vector<ValueId> inputs, const OpAttrs& attrs = {}, std::string name = {}) {
     return out_.graph.add_node(op, std::move(inputs), attrs, std::move(name));
   }

@@ -2,6 +2,8 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
+#include <chrono>
 #include <cstdlib>
 
 namespace djinn {
@@ -42,7 +44,8 @@ Runtime::Runtime(std::unique_ptr<Backend> backend, std::unique_ptr<Vmu> vmu, siz
       vmu_(std::move(vmu)),
       swap_(std::make_unique<SwapManager>(vmu_->host_pool(), vmu_->data())),
       plan_cache_(plan_cache_entries),
-      graph_executor_(*backend_) {}
+      graph_executor_(*backend_),
+      batch_executor_(*backend_) {}
 
 Runtime::~Runtime() {
   sessions_.clear();  // arenas and frames go back before the VMU does
@@ -163,6 +166,76 @@ Result<ForwardResult> Runtime::forward(SessionId id, std::span<const int32_t> to
 Result<GenerateResult> Runtime::generate(SessionId id, std::span<const int32_t> prompt, int64_t max_new_tokens) {
   DJINN_ASSIGN_OR_RETURN(InferenceSession * s, resident_session(id));
   return s->generate(prompt, max_new_tokens);
+}
+
+Result<std::vector<ForwardResult>> Runtime::decode_batch(std::span<const SessionId> ids, std::span<const int32_t> tokens) {
+  using Clock = std::chrono::steady_clock;
+  if (ids.size() != tokens.size() || ids.empty())
+    return invalid_argument(fmt::format("decode_batch: {} sessions but {} tokens", ids.size(), tokens.size()));
+  std::vector<InferenceSession*> sessions;
+  for (SessionId id : ids) {
+    if (std::count(ids.begin(), ids.end(), id) > 1) return invalid_argument(fmt::format("session {} twice in one batch", id));
+    DJINN_ASSIGN_OR_RETURN(InferenceSession * s, resident_session(id));
+    sessions.push_back(s);
+  }
+  const Model& model = sessions[0]->model();
+  const int64_t capacity = sessions[0]->capacity();
+  for (size_t b = 0; b < sessions.size(); ++b) {
+    if (&sessions[b]->model() != &model || sessions[b]->capacity() != capacity)
+      return invalid_argument("decode_batch: the sessions differ in model or context capacity");
+    DJINN_RETURN_IF_ERROR(sessions[b]->validate_step(tokens.subspan(b, 1)));
+  }
+  const auto batch = static_cast<int64_t>(sessions.size());
+  const auto key = std::make_tuple(&model, batch, capacity);
+  auto it = batch_graphs_.find(key);
+  if (it == batch_graphs_.end()) {
+    GraphOptions options;
+    options.phase = Phase::kDecode;
+    options.kv_capacity = capacity;
+    options.batch = batch;
+    options.weight_dtype = options.kv_dtype = model.dtype();
+    BatchGraph built{build_model_graph(model.config(), options), {}};
+    for (ValueId v : built.graph.graph.weight_values()) built.weights.push_back(*model.weight(built.graph.graph.value(v).name));
+    it = batch_graphs_.emplace(key, std::move(built)).first;
+  }
+  const BatchGraph& step = it->second;
+  // KV inputs: layer-major, then session, then K / V (see GraphOptions::batch).
+  const int64_t layers = model.config().n_layers;
+  std::vector<TensorView> kv;
+  kv.reserve(static_cast<size_t>(2 * layers * batch));
+  for (int64_t l = 0; l < layers; ++l)
+    for (InferenceSession* s : sessions) {
+      kv.push_back(s->kv()[static_cast<size_t>(2 * l)]);
+      kv.push_back(s->kv()[static_cast<size_t>(2 * l + 1)]);
+    }
+  std::vector<int32_t> token_ids(tokens.begin(), tokens.end()), positions;
+  for (InferenceSession* s : sessions) positions.push_back(static_cast<int32_t>(s->length()));
+  const TensorView io[] = {TensorView::contiguous(token_ids.data(), {batch}, DType::kI32, LifetimeClass::kIo),
+                           TensorView::contiguous(positions.data(), {batch}, DType::kI32, LifetimeClass::kIo)};
+  const SymbolBindings symbols{.seq = 1, .past = 0};  // shapes are constant; positions carry the lengths
+
+  const auto start = Clock::now();
+  DJINN_ASSIGN_OR_RETURN(std::shared_ptr<const Plan> plan, plan_cache_.get(step.graph.graph, symbols));
+  DJINN_ASSIGN_OR_RETURN(StackFrame frame, vmu_->stack().push(plan->stack_peak_bytes, "batched decode"));
+  DJINN_RETURN_IF_ERROR(
+      batch_executor_.bind(std::move(plan), GraphBindings{step.weights, kv, io, symbols, step.weights_id, 0}, frame.base()));
+  const auto bound = Clock::now();
+  DJINN_ASSIGN_OR_RETURN(std::vector<TensorView> outputs, batch_executor_.execute());
+  const double dispatch_us = std::chrono::duration<double, std::micro>(bound - start).count();
+  const double compute_us = std::chrono::duration<double, std::micro>(Clock::now() - bound).count();
+
+  const int64_t vocab = model.config().vocab_size;
+  std::vector<ForwardResult> results(sessions.size());
+  for (size_t b = 0; b < sessions.size(); ++b) {
+    const float* row = outputs[0].as<const float>() + static_cast<int64_t>(b) * vocab;
+    results[b].logits.assign(row, row + vocab);
+    results[b].rows = 1;
+    results[b].next_token = outputs[1].as<const int32_t>()[b];
+    results[b].dispatch_us = dispatch_us;
+    results[b].compute_us = compute_us;
+    sessions[b]->advance_length(1);
+  }
+  return results;
 }
 
 Result<std::vector<HostTensor>> Runtime::run_graph(const Graph& graph, std::span<const TensorView> inputs,

@@ -14,6 +14,7 @@
 
 #include <cstdint>
 #include <map>
+#include <tuple>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <span>
@@ -61,6 +62,11 @@ class Runtime {
 
   Result<ForwardResult> forward(SessionId session, std::span<const int32_t> tokens, bool all_logits = false);
   Result<GenerateResult> generate(SessionId session, std::span<const int32_t> prompt, int64_t max_new_tokens);
+  // One batched decode step: sessions[i] consumes tokens[i]. The sessions must share a
+  // model and a context capacity (else: invalid argument; run them one by one). The
+  // result equals forward(sessions[i], {tokens[i]}) for each, up to float rounding of
+  // the batched GEMMs; results[i].dispatch_us / compute_us are the batch's.
+  Result<std::vector<ForwardResult>> decode_batch(std::span<const SessionId> sessions, std::span<const int32_t> tokens);
   // Runs `graph` through the plan cache. `inputs` has one view per graph input in
   // value-id order (weights, kv and io alike; kv inputs are updated in place).
   Result<std::vector<HostTensor>> run_graph(const Graph& graph, std::span<const TensorView> inputs,
@@ -95,6 +101,14 @@ class Runtime {
   ModelId next_model_id_ = 1;
   SessionId next_session_id_ = 1;
   Executor graph_executor_;  // run_graph's
+  struct BatchGraph {
+    ModelGraph graph;
+    std::vector<TensorView> weights;  // parallel to graph.graph.weight_values()
+    uint64_t weights_id = next_binding_id();
+  };
+  // Batched decode graphs by (model, batch, capacity).
+  std::map<std::tuple<const Model*, int64_t, int64_t>, BatchGraph> batch_graphs_;
+  Executor batch_executor_;
 };
 
 }  // namespace djinn
