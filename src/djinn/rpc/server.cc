@@ -126,7 +126,7 @@ Status Server::serve() {
       }
     }
     try {
-      zmq::poll(items, 1, std::chrono::milliseconds(kPollMs));
+      zmq::poll(items, 1, std::chrono::milliseconds(generating_.empty() ? kPollMs : 0));
     } catch (const zmq::error_t& e) {
       if (e.num() == EINTR) continue;
       return internal_error(fmt::format("poll: {}", e.what()));
@@ -143,10 +143,12 @@ Status Server::serve() {
       }
       handle(identity, frames);
     }
+    run_decode_step();
     expire_leases();
     run_swap_policy();
   }
   const size_t open = sessions_.size();
+  while (!generating_.empty()) cancel_generation(generating_.begin()->first, "the server is shutting down");
   for (auto& [id, record] : sessions_) (void)runtime_->close_session(id);
   sessions_.clear();
   spdlog::info("djinn serve: drained, closed {} open sessions", open);
@@ -168,6 +170,7 @@ void Server::expire_leases() {
   const auto now = Clock::now();
   for (auto it = sessions_.begin(); it != sessions_.end();) {
     if (it->second.lease_deadline < now) {
+      cancel_generation(it->first, "its lease expired");
       (void)runtime_->close_session(it->first);
       policy_.session_closed(it->first);
       pending_swaps_.erase(it->first);
@@ -250,6 +253,7 @@ void Server::handle(zmq::message_t& identity, std::vector<zmq::message_t>& frame
     out.reply.set_correlation_id(decoded->request.correlation_id());
     ++counters_.requests_by_type[body_name(decoded->request.body_case())];
     const uint64_t errors_before = errors_total_;
+    current_identity_ = &identity;
     try {
       status = dispatch(*decoded, out);
     } catch (const std::exception& e) {  // a CheckError or worse: still an error reply
@@ -258,6 +262,7 @@ void Server::handle(zmq::message_t& identity, std::vector<zmq::message_t>& frame
     }
     if (!status.ok() && errors_total_ == errors_before) count_error("request_failed");
   }
+  if (status.ok() && out.deferred) return;  // a Generate in flight: replied when it finishes
   if (!status.ok()) {
     const uint64_t correlation = out.reply.correlation_id();
     out.reply.Clear();
@@ -391,6 +396,7 @@ Status Server::on_open_session(const OpenSession& open, Outgoing& out) {
 
 Status Server::on_close_session(const Request& request, Outgoing& out) {
   DJINN_RETURN_IF_ERROR(authorize(request));
+  cancel_generation(static_cast<SessionId>(request.session_id()), "the session was closed");
   DJINN_RETURN_IF_ERROR(runtime_->close_session(static_cast<SessionId>(request.session_id())));
   sessions_.erase(static_cast<SessionId>(request.session_id()));
   policy_.session_closed(static_cast<SessionId>(request.session_id()));
@@ -402,6 +408,8 @@ Status Server::on_close_session(const Request& request, Outgoing& out) {
 
 Status Server::on_forward(const Request& request, Outgoing& out) {
   DJINN_RETURN_IF_ERROR(authorize(request));
+  if (generating_.contains(static_cast<SessionId>(request.session_id())))
+    return unavailable(fmt::format("session {} is busy with a Generate", request.session_id()));
   const Forward& forward = request.forward();
   const std::vector<int32_t> tokens(forward.tokens().begin(), forward.tokens().end());
   pending_swaps_.erase(static_cast<SessionId>(request.session_id()));  // forward settles it
@@ -423,18 +431,128 @@ Status Server::on_forward(const Request& request, Outgoing& out) {
 
 Status Server::on_generate(const Request& request, Outgoing& out) {
   DJINN_RETURN_IF_ERROR(authorize(request));
+  const auto id = static_cast<SessionId>(request.session_id());
+  if (generating_.contains(id)) return unavailable(fmt::format("session {} is busy with a Generate", id));
   const Generate& generate = request.generate();
   const std::vector<int32_t> prompt(generate.prompt().begin(), generate.prompt().end());
-  pending_swaps_.erase(static_cast<SessionId>(request.session_id()));  // generate settles it
-  DJINN_ASSIGN_OR_RETURN(GenerateResult result, runtime_->generate(static_cast<SessionId>(request.session_id()), prompt,
-                                                                   generate.max_new_tokens()));
-  note_step(static_cast<SessionId>(request.session_id()));
-  GenerateReply* reply = out.reply.mutable_generate();
-  for (int32_t t : result.new_tokens) reply->add_tokens(t);
-  reply->set_prefill_ms(result.prefill_ms);
-  for (double ms : result.decode_step_ms) reply->add_decode_step_ms(ms);
-  reply->mutable_timing()->set_server_us(us_since(request_started_));
+  const int64_t max_new = generate.max_new_tokens();
+  if (max_new < 1) return invalid_argument(fmt::format("max_new_tokens must be >= 1, got {}", max_new));
+  DJINN_ASSIGN_OR_RETURN(InferenceSession * session, runtime_->session(id));
+  if (session->length() + static_cast<int64_t>(prompt.size()) + max_new - 1 > session->capacity())
+    return out_of_range(fmt::format("{} prompt tokens + {} new tokens after the {} cached exceed the context of {} tokens",
+                                    prompt.size(), max_new, session->length(), session->capacity()));
+  ActiveGeneration g;
+  g.received = request_started_;
+  g.correlation_id = request.correlation_id();
+  g.session = id;
+  g.queue_us = us_since(request_started_);
+  // Swap-in wait: a session the policy moved out comes back before its prefill.
+  pending_swaps_.erase(id);
+  const auto swap_start = Clock::now();
+  DJINN_RETURN_IF_ERROR(session->settle_swap());
+  if (session->residency() == Residency::kSwapped) {
+    DJINN_RETURN_IF_ERROR(runtime_->swap_in(id));
+    DJINN_RETURN_IF_ERROR(session->settle_swap());
+  }
+  g.swap_in_us = us_since(swap_start);
+  const auto prefill_start = Clock::now();
+  DJINN_ASSIGN_OR_RETURN(ForwardResult first, runtime_->forward(id, prompt));
+  g.prefill_ms = us_since(prefill_start) / 1e3;
+  g.compute_us = first.compute_us + first.dispatch_us;
+  g.tokens.push_back(first.next_token);
+  g.remaining = max_new - 1;
+  g.last_step_end = Clock::now();
+  note_step(id);
+  if (g.remaining == 0) {
+    g.identity.copy(*current_identity_);
+    finish_generation(g, {});
+  } else {
+    g.identity.copy(*current_identity_);
+    generating_.emplace(id, std::move(g));
+  }
+  out.deferred = true;
   return {};
+}
+
+void Server::run_decode_step() {
+  if (generating_.empty()) return;
+  // Group the generations that can share a step: one model, one context capacity.
+  std::map<std::pair<const Model*, int64_t>, std::vector<SessionId>> groups;
+  for (auto& [id, g] : generating_) {
+    Result<InferenceSession*> s = runtime_->session(id);
+    if (!s.ok()) continue;
+    groups[{&(*s)->model(), (*s)->capacity()}].push_back(id);
+  }
+  for (auto& [key, ids] : groups) {
+    std::vector<int32_t> tokens;
+    for (SessionId id : ids) tokens.push_back(generating_.at(id).tokens.back());
+    const auto start = Clock::now();
+    Result<std::vector<ForwardResult>> results = runtime_->decode_batch(ids, tokens);
+    const double step_ms = us_since(start) / 1e3;
+    const auto end = Clock::now();
+    ++counters_.decode_steps;
+    counters_.decode_step_sessions += ids.size();
+    counters_.max_decode_batch = std::max<uint64_t>(counters_.max_decode_batch, ids.size());
+    for (size_t i = 0; i < ids.size(); ++i) {
+      ActiveGeneration& g = generating_.at(ids[i]);
+      g.queue_us += std::chrono::duration<double, std::micro>(start - g.last_step_end).count();
+      g.last_step_end = end;
+      Result<ForwardResult> one = results.ok() ? Result<ForwardResult>((*results)[i]) : Result<ForwardResult>(results.status());
+      if (!results.ok()) {  // find who failed: run this one alone
+        one = runtime_->forward(ids[i], std::span(&tokens[i], 1));
+      }
+      if (!one.ok()) {
+        ActiveGeneration failed = std::move(g);
+        generating_.erase(ids[i]);
+        finish_generation(failed, one.status());
+        continue;
+      }
+      g.tokens.push_back(one->next_token);
+      g.step_ms.push_back(step_ms);
+      g.compute_us += one->compute_us + one->dispatch_us;
+      if (auto record = sessions_.find(ids[i]); record != sessions_.end()) renew(record->second);
+      note_step(ids[i]);
+      if (--g.remaining == 0) {
+        ActiveGeneration done = std::move(g);
+        generating_.erase(ids[i]);
+        finish_generation(done, {});
+      }
+    }
+  }
+}
+
+void Server::finish_generation(ActiveGeneration& g, const Status& status) {
+  Outgoing out;
+  out.reply.set_correlation_id(g.correlation_id);
+  if (!status.ok()) {
+    out.reply.mutable_error()->set_code(status_code_wire_name(status.code()));
+    out.reply.mutable_error()->set_message(status.message());
+    count_error("generate_failed");
+  } else {
+    GenerateReply* reply = out.reply.mutable_generate();
+    for (int32_t t : g.tokens) reply->add_tokens(t);
+    reply->set_prefill_ms(g.prefill_ms);
+    for (double ms : g.step_ms) reply->add_decode_step_ms(ms);
+    StepTiming* timing = reply->mutable_timing();
+    timing->set_server_us(us_since(g.received));
+    timing->set_queue_us(g.queue_us);
+    timing->set_swap_in_us(g.swap_in_us);
+    timing->set_compute_us(g.compute_us);
+    for (auto [samples, value] : {std::pair{&queue_samples_, g.queue_us}, std::pair{&swap_in_samples_, g.swap_in_us},
+                                  std::pair{&compute_samples_, g.compute_us}}) {
+      samples->push_back(value);
+      if (samples->size() > 4096) samples->pop_front();
+    }
+  }
+  send(g.identity, out);
+}
+
+void Server::cancel_generation(SessionId session, const std::string& why) {
+  auto it = generating_.find(session);
+  if (it == generating_.end()) return;
+  ActiveGeneration g = std::move(it->second);
+  generating_.erase(it);
+  finish_generation(g, unavailable(fmt::format("session {}: generation stopped: {}", session, why)));
 }
 
 Status Server::on_run_graph(const DecodedRequest& decoded, Outgoing& out) {
@@ -578,6 +696,18 @@ nlohmann::json Server::stats_json() const {
                         {"lease_remaining_s", std::chrono::duration<double>(record.lease_deadline - now).count()}});
   }
   stats["sessions"] = sessions;
+  auto summary = [](const std::deque<double>& samples) {
+    std::vector<double> sorted(samples.begin(), samples.end());
+    std::sort(sorted.begin(), sorted.end());
+    auto at = [&](double p) {
+      return sorted.empty() ? 0.0 : sorted[std::min(sorted.size() - 1, static_cast<size_t>(p * static_cast<double>(sorted.size() - 1) + 0.5))];
+    };
+    return nlohmann::json{{"p50_us", at(0.5)}, {"p99_us", at(0.99)}, {"samples", sorted.size()}};
+  };
+  stats["latency"] = {{"queue", summary(queue_samples_)},
+                      {"swap_in", summary(swap_in_samples_)},
+                      {"compute", summary(compute_samples_)}};
+  stats["generating"] = generating_.size();
   stats["policy"] = options_.policy;
   stats["endpoints"] = endpoints_;
   stats["counters"] = {{"requests", counters_.requests},
@@ -593,7 +723,10 @@ nlohmann::json Server::stats_json() const {
                        {"policy_swaps_out", counters_.policy_swaps_out},
                        {"policy_swaps_in", counters_.policy_swaps_in},
                        {"swap_refusals", counters_.swap_refusals},
-                       {"lru_evictions", counters_.lru_evictions}};
+                       {"lru_evictions", counters_.lru_evictions},
+                       {"decode_steps", counters_.decode_steps},
+                       {"decode_step_sessions", counters_.decode_step_sessions},
+                       {"max_decode_batch", counters_.max_decode_batch}};
   return stats;
 }
 

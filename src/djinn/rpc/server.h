@@ -19,6 +19,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <deque>
 #include <map>
 #include <memory>
 #include <nlohmann/json.hpp>
@@ -63,6 +64,9 @@ struct ServerCounters {
   uint64_t policy_swaps_in = 0;
   uint64_t swap_refusals = 0;
   uint64_t lru_evictions = 0;
+  uint64_t decode_steps = 0;          // batched decode steps run
+  uint64_t decode_step_sessions = 0;  // sessions over all of them (/ decode_steps = mean batch)
+  uint64_t max_decode_batch = 0;
 };
 
 class Server {
@@ -95,6 +99,21 @@ class Server {
   struct Outgoing {
     Reply reply;
     std::vector<zmq::message_t> tensors;
+    bool deferred = false;  // the reply is sent later (a Generate still decoding)
+  };
+  // A Generate between its prefill and its last token: its decode steps join the
+  // batched decode step of every such session (continuous batching).
+  struct ActiveGeneration {
+    zmq::message_t identity;
+    uint64_t correlation_id = 0;
+    SessionId session = 0;
+    int64_t remaining = 0;  // decode steps still to run
+    std::vector<int32_t> tokens;
+    double prefill_ms = 0;
+    std::vector<double> step_ms;
+    double queue_us = 0, swap_in_us = 0, compute_us = 0;
+    std::chrono::steady_clock::time_point received;
+    std::chrono::steady_clock::time_point last_step_end;
   };
   using Clock = std::chrono::steady_clock;
 
@@ -108,6 +127,11 @@ class Server {
   // policy decides now.
   void run_swap_policy();
   void note_step(SessionId id);
+  // One batched decode step for every active generation (grouped by model and
+  // capacity); finished generations get their replies.
+  void run_decode_step();
+  void finish_generation(ActiveGeneration& generation, const Status& status);
+  void cancel_generation(SessionId session, const std::string& why);
   void renew(SessionRecord& record);
   void count_error(const std::string& kind);
   void send(zmq::message_t& identity, Outgoing& out);
@@ -138,6 +162,10 @@ class Server {
     size_t bytes;
   };
   std::map<SessionId, PendingSwap> pending_swaps_;
+  std::map<SessionId, ActiveGeneration> generating_;
+  zmq::message_t* current_identity_ = nullptr;  // the request being handled
+  // Latency decomposition of finished generations (last 4096), microseconds.
+  std::deque<double> queue_samples_, swap_in_samples_, compute_samples_;
   ServerCounters counters_;
   uint64_t errors_total_ = 0;
   Clock::time_point started_ = Clock::now();
