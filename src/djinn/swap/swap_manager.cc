@@ -58,38 +58,32 @@ SwapTicket SwapManager::enqueue(Worker& worker, std::function<Status()> job) {
   return ticket;
 }
 
-SwapTicket SwapManager::gather(std::vector<ByteSpan> spans, std::byte* slice) {
-  return enqueue(out_, [this, spans = std::move(spans), slice] {
+SwapTicket SwapManager::copy(std::vector<ByteSpan> spans, std::byte* slice, bool to_slice) {
+  return enqueue(to_slice ? out_ : in_, [this, spans = std::move(spans), slice, to_slice] {
     const auto start = std::chrono::steady_clock::now();
     size_t at = 0;
     for (const ByteSpan& s : spans) {
-      std::memcpy(slice + at, s.data, s.bytes);
+      if (to_slice)
+        std::memcpy(slice + at, s.data, s.bytes);
+      else
+        std::memcpy(s.data, slice + at, s.bytes);
       at += s.bytes;
     }
     const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     std::lock_guard lock(mutex_);
-    ++stats_.swaps_out;
-    stats_.bytes_out += at;
-    stats_.seconds_out += seconds;
+    ++(to_slice ? stats_.swaps_out : stats_.swaps_in);
+    (to_slice ? stats_.bytes_out : stats_.bytes_in) += at;
+    (to_slice ? stats_.seconds_out : stats_.seconds_in) += seconds;
     return Status{};
   });
 }
 
+SwapTicket SwapManager::gather(std::vector<ByteSpan> spans, std::byte* slice) {
+  return copy(std::move(spans), slice, /*to_slice=*/true);
+}
+
 SwapTicket SwapManager::scatter(std::byte* slice, std::vector<ByteSpan> spans) {
-  return enqueue(in_, [this, spans = std::move(spans), slice] {
-    const auto start = std::chrono::steady_clock::now();
-    size_t at = 0;
-    for (const ByteSpan& s : spans) {
-      std::memcpy(s.data, slice + at, s.bytes);
-      at += s.bytes;
-    }
-    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-    std::lock_guard lock(mutex_);
-    ++stats_.swaps_in;
-    stats_.bytes_in += at;
-    stats_.seconds_in += seconds;
-    return Status{};
-  });
+  return copy(std::move(spans), slice, /*to_slice=*/false);
 }
 
 Result<SwapTicket> SwapManager::swap_out(InferenceSession& session) {

@@ -80,6 +80,8 @@ class SwapManager {
     std::thread thread;
   };
   SwapTicket enqueue(Worker& worker, std::function<Status()> job);
+  // spans -> slice on the out worker (to_slice), or slice -> spans on the in worker.
+  SwapTicket copy(std::vector<ByteSpan> spans, std::byte* slice, bool to_slice);
   void run_worker(Worker& worker);
 
   HostPool& pool_;
