@@ -124,6 +124,9 @@ Result<SessionId> Runtime::open_session(ModelId model_id, int64_t max_context) {
                                                           PlannedResources{std::move(arena), &vmu_->stack(), &plan_cache_}));
   ++next_session_id_;
   session->set_owner(fmt::format("session {} ({})", id, config.name));
+  // Plan the decode step now, off the first token's critical path (a hit if another
+  // session of this model and context size already did).
+  DJINN_RETURN_IF_ERROR(plan_cache_.get(session->step_graph(Phase::kDecode, false).graph, {.seq = 1, .past = 0}));
   sessions_.emplace(id, std::move(session));
   return id;
 }

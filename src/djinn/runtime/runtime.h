@@ -7,7 +7,8 @@
 //  - open_session: the session's KV cache lives in its own Data-segment arena; the
 //    arena size is --arena-mb, else GENIE_VMU_SESSION_ARENA_MB, else the first
 //    session's need (KV bytes per token x its max context).
-//  - forward / generate: every step runs from the PlanCache, activations on the Stack.
+//  - forward / generate: every step runs from the PlanCache, activations on the Stack;
+//    a session's decode step is planned when it opens.
 //  - run_graph: any small graph, e.g. one add, with inputs the caller gives.
 // Threads: not thread-safe; one caller (later: the scheduler thread) at a time.
 #pragma once
