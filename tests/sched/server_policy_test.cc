@@ -171,3 +171,54 @@ TEST(ServerBatching, ConcurrentGenerationsShareDecodeStepsAndReproduceTheFixture
 
 }  // namespace
 }  // namespace djinn
+
+namespace djinn {
+namespace {
+
+TEST(ServerAdmission, ANewSessionWaitsForAnArenaThenFailsWithOutOfMemory) {
+  rpc::ServerOptions options;
+  options.listen = {"tcp://127.0.0.1:*"};
+  options.runtime.device_mem_gb = 4.0 / 1024;  // 4 MiB: gpt2-tiny's 0.5 MiB of weights + three 1 MiB arenas
+  options.runtime.arena_mb = 1;
+  options.policy = "none";
+  options.admission_timeout_s = 0.5;
+  auto server = std::move(rpc::Server::create(options)).value();
+  std::thread serving([&] { (void)server->serve(); });
+  auto client = std::move(Client::connect(server->endpoints()[0])).value();
+  const uint64_t model = client->load_model("gpt2-tiny")->model_id();
+  std::vector<RemoteSession> open;
+  for (int i = 0; i < 3; ++i) open.push_back(*client->open_session(model, 64));
+
+  // 1. A fourth session waits; a close 150 ms later lets it in.
+  Result<RemoteSession> waited = invalid_argument("not run");
+  const auto start = std::chrono::steady_clock::now();
+  std::thread waiter([&] {
+    auto other = std::move(Client::connect(server->endpoints()[0])).value();
+    waited = other->open_session(model, 64);
+    if (waited.ok()) (void)waited->close();
+  });
+  std::this_thread::sleep_for(150ms);
+  ASSERT_TRUE(open.back().close().ok());
+  open.pop_back();
+  waiter.join();
+  EXPECT_TRUE(waited.ok()) << waited.status().to_string();
+  EXPECT_GE(std::chrono::steady_clock::now() - start, 150ms);
+  EXPECT_EQ((*client->stats())["counters"]["admissions_waited"], 1);
+
+  // 2. With nobody closing, it fails after the timeout, as out-of-memory, and is counted.
+  open.push_back(*client->open_session(model, 64));
+  const auto again = std::chrono::steady_clock::now();
+  Result<RemoteSession> refused = client->open_session(model, 64);
+  ASSERT_FALSE(refused.ok());
+  EXPECT_EQ(refused.status().code(), StatusCode::kOutOfMemory);
+  EXPECT_NE(refused.status().message().find("admission timeout"), std::string::npos) << refused.status().message();
+  EXPECT_GE(std::chrono::steady_clock::now() - again, 450ms);
+  const nlohmann::json stats = *client->stats();
+  EXPECT_EQ(stats["counters"]["errors"]["admission_timeout"], 1);
+  EXPECT_EQ(stats["counters"]["admissions_waiting"], 0);
+  server->stop();
+  serving.join();
+}
+
+}  // namespace
+}  // namespace djinn

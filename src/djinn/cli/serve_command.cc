@@ -43,6 +43,7 @@ Command add_serve_command(CLI::App& app) {
   auto options = std::make_shared<ServeOptions>();
   rpc::ServerOptions& s = options->server;
   s.runtime.host_pool_gb = 1.0;  // swap space by default; reserved (touched) at start
+  s.admission_timeout_s = 10;    // a new session waits this long for an arena
   CLI::App* command = app.add_subcommand("serve", "Serve sessions over ZeroMQ until SIGINT / SIGTERM");
   command->add_option("--listen", s.listen, "tcp://host:port, ipc://path or inproc://name (repeatable)");
   command->add_option("--device", options->device, "cpu or cuda")->check(CLI::IsMember({"cpu", "cuda"}));
@@ -58,6 +59,9 @@ Command add_serve_command(CLI::App& app) {
   command->add_option("--session-lease-s", s.session_lease_s, "close sessions not heard from for this long")
       ->check(CLI::PositiveNumber);
   command->add_option("--max-request-mb", s.max_request_mb, "refuse larger requests")->check(CLI::PositiveNumber);
+  command->add_option("--admission-timeout-s", s.admission_timeout_s,
+                      "a new session waits this long for an arena, then fails with out-of-memory (default 10)")
+      ->check(CLI::NonNegativeNumber);
   command->add_option("--busy-poll-us", s.busy_poll_us, "spin this long for the next request before sleeping (0: never)")
       ->check(CLI::Range(0, 1000000));
   return {command, [options] { return serve(*options); }};

@@ -146,9 +146,18 @@ Status Server::serve() {
     run_decode_step();
     expire_leases();
     run_swap_policy();
+    run_admissions();
   }
   const size_t open = sessions_.size();
   while (!generating_.empty()) cancel_generation(generating_.begin()->first, "the server is shutting down");
+  for (PendingAdmission& waiting : admissions_) {
+    Outgoing out;
+    out.reply.set_correlation_id(waiting.correlation_id);
+    out.reply.mutable_error()->set_code(status_code_wire_name(StatusCode::kUnavailable));
+    out.reply.mutable_error()->set_message("the server is shutting down");
+    send(waiting.identity, out);
+  }
+  admissions_.clear();
   for (auto& [id, record] : sessions_) (void)runtime_->close_session(id);
   sessions_.clear();
   spdlog::info("djinn serve: drained, closed {} open sessions", open);
@@ -367,6 +376,27 @@ Status Server::on_open_session(const OpenSession& open, Outgoing& out) {
     count_error("unknown_model");
     return not_found(fmt::format("no model {} (load it first)", open.model_id()));
   }
+  Result<SessionId> id = try_admit(open);
+  if (!id.ok() && id.status().code() == StatusCode::kOutOfMemory && options_.admission_timeout_s > 0) {
+    // Wait for an arena: retried every loop iteration until the deadline.
+    PendingAdmission waiting;
+    waiting.identity.copy(*current_identity_);
+    waiting.correlation_id = out.reply.correlation_id();
+    waiting.open = open;
+    waiting.deadline_s = now_s() + options_.admission_timeout_s;
+    waiting.last_error = id.status();
+    admissions_.push_back(std::move(waiting));
+    out.deferred = true;
+    return {};
+  }
+  if (!id.ok()) {
+    count_error(id.status().code() == StatusCode::kOutOfMemory ? "out_of_memory" : "open_session_failed");
+    return id.status();
+  }
+  return complete_admission(*id, open, out);
+}
+
+Result<SessionId> Server::try_admit(const OpenSession& open) {
   Result<SessionId> id = runtime_->open_session(static_cast<ModelId>(open.model_id()), open.max_context());
   // lru: under memory pressure, evict the least recently used idle session and retry.
   while (!id.ok() && id.status().code() == StatusCode::kOutOfMemory && policy_.kind() == SwapPolicyKind::kLru) {
@@ -376,22 +406,54 @@ Status Server::on_open_session(const OpenSession& open, Outgoing& out) {
     ++counters_.lru_evictions;
     id = runtime_->open_session(static_cast<ModelId>(open.model_id()), open.max_context());
   }
-  if (!id.ok()) {
-    count_error(id.status().code() == StatusCode::kOutOfMemory ? "out_of_memory" : "open_session_failed");
-    return id.status();
-  }
+  return id;
+}
+
+Status Server::complete_admission(SessionId id, const OpenSession& open, Outgoing& out) {
   SessionRecord record;
   DJINN_ASSIGN_OR_RETURN(record.token, random_token());
   record.model = static_cast<ModelId>(open.model_id());
   renew(record);
   OpenSessionReply* reply = out.reply.mutable_open_session();
-  reply->set_session_id(static_cast<uint64_t>(*id));
+  reply->set_session_id(static_cast<uint64_t>(id));
   reply->set_session_token(record.token);
-  reply->set_capacity((*runtime_->session(*id))->capacity());
-  sessions_.emplace(*id, std::move(record));
-  policy_.session_opened(*id, now_s());
+  reply->set_capacity((*runtime_->session(id))->capacity());
+  sessions_.emplace(id, std::move(record));
+  policy_.session_opened(id, now_s());
   ++counters_.sessions_opened;
   return {};
+}
+
+void Server::run_admissions() {
+  // FIFO: a later request is not admitted before an earlier one that still waits.
+  while (!admissions_.empty()) {
+    PendingAdmission& waiting = admissions_.front();
+    Outgoing out;
+    out.reply.set_correlation_id(waiting.correlation_id);
+    Result<SessionId> id = try_admit(waiting.open);
+    if (id.ok()) {
+      ++counters_.admissions_waited;
+      const Status done = complete_admission(*id, waiting.open, out);
+      if (!done.ok()) {
+        out.reply.Clear();
+        out.reply.set_correlation_id(waiting.correlation_id);
+        out.reply.mutable_error()->set_code(status_code_wire_name(done.code()));
+        out.reply.mutable_error()->set_message(done.message());
+      }
+    } else if (id.status().code() == StatusCode::kOutOfMemory && now_s() < waiting.deadline_s) {
+      return;  // still no room: wait on
+    } else {
+      const Status failed = id.status().code() == StatusCode::kOutOfMemory
+                                ? out_of_memory(fmt::format("no arena within the admission timeout of {} s: {}",
+                                                            options_.admission_timeout_s, id.status().message()))
+                                : id.status();
+      count_error(id.status().code() == StatusCode::kOutOfMemory ? "admission_timeout" : "open_session_failed");
+      out.reply.mutable_error()->set_code(status_code_wire_name(failed.code()));
+      out.reply.mutable_error()->set_message(failed.message());
+    }
+    send(waiting.identity, out);
+    admissions_.pop_front();
+  }
 }
 
 Status Server::on_close_session(const Request& request, Outgoing& out) {
@@ -726,7 +788,9 @@ nlohmann::json Server::stats_json() const {
                        {"lru_evictions", counters_.lru_evictions},
                        {"decode_steps", counters_.decode_steps},
                        {"decode_step_sessions", counters_.decode_step_sessions},
-                       {"max_decode_batch", counters_.max_decode_batch}};
+                       {"max_decode_batch", counters_.max_decode_batch},
+                       {"admissions_waited", counters_.admissions_waited},
+                       {"admissions_waiting", admissions_.size()}};
   return stats;
 }
 

@@ -47,6 +47,10 @@ struct ServerOptions {
   // sleeping in zmq_poll: a request arriving meanwhile costs no wake-up of the server
   // thread. 0: never (the default: no core burnt while idle).
   int busy_poll_us = 0;
+  // OpenSession without a free arena waits this long for one (sessions closing, leases
+  // expiring, the policy swapping idle sessions out), then fails with out-of-memory.
+  // 0: fail at once.
+  double admission_timeout_s = 0;
 };
 
 // Why requests failed; every one is counted in Stats under "errors".
@@ -67,6 +71,7 @@ struct ServerCounters {
   uint64_t decode_steps = 0;          // batched decode steps run
   uint64_t decode_step_sessions = 0;  // sessions over all of them (/ decode_steps = mean batch)
   uint64_t max_decode_batch = 0;
+  uint64_t admissions_waited = 0;  // OpenSessions admitted after waiting for an arena
 };
 
 class Server {
@@ -132,6 +137,16 @@ class Server {
   void run_decode_step();
   void finish_generation(ActiveGeneration& generation, const Status& status);
   void cancel_generation(SessionId session, const std::string& why);
+  struct PendingAdmission {
+    zmq::message_t identity;
+    uint64_t correlation_id = 0;
+    OpenSession open;
+    double deadline_s = 0;
+    Status last_error;
+  };
+  Result<SessionId> try_admit(const OpenSession& open);
+  Status complete_admission(SessionId id, const OpenSession& open, Outgoing& out);
+  void run_admissions();
   void renew(SessionRecord& record);
   void count_error(const std::string& kind);
   void send(zmq::message_t& identity, Outgoing& out);
@@ -163,6 +178,7 @@ class Server {
   };
   std::map<SessionId, PendingSwap> pending_swaps_;
   std::map<SessionId, ActiveGeneration> generating_;
+  std::deque<PendingAdmission> admissions_;
   zmq::message_t* current_identity_ = nullptr;  // the request being handled
   // Latency decomposition of finished generations (last 4096), microseconds.
   std::deque<double> queue_samples_, swap_in_samples_, compute_samples_;
