@@ -45,7 +45,7 @@ Result<std::unique_ptr<SessionArena>> DataSegment::open_arena(std::string owner)
     }
   }
   if (base == nullptr) {
-    Result<std::byte*> taken = region_.take(bytes, "Data", fmt::format("{} (a session arena)", owner));
+    Result<std::byte*> taken = region_.take(bytes, "Data", fmt::format("{} (a session arena)", owner), /*prefault=*/true);
     if (!taken.ok()) return taken.status();
     base = *taken;
     std::lock_guard lock(mutex_);

@@ -36,7 +36,7 @@ Status StackSegment::grow_locked(size_t bytes, std::string_view who) {
   if (base_ != nullptr) region_.give_back(base_);
   base_ = nullptr;
   stats_.capacity = 0;
-  Result<std::byte*> grown = region_.take(bytes, "Stack", who);
+  Result<std::byte*> grown = region_.take(bytes, "Stack", who, /*prefault=*/true);
   if (!grown.ok()) {
     if (old_capacity > 0) {  // best effort: keep the old stack
       Result<std::byte*> old = region_.take(old_capacity, "Stack", who);

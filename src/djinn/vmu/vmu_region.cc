@@ -2,6 +2,8 @@
 
 #include <fmt/format.h>
 
+#include <cstring>
+
 namespace djinn {
 
 std::string format_bytes(size_t bytes) {
@@ -30,13 +32,16 @@ VmuRegion::VmuRegion(Backend& backend, std::byte* base, size_t capacity)
 
 VmuRegion::~VmuRegion() { backend_.deallocate(base_); }
 
-Result<std::byte*> VmuRegion::take(size_t bytes, std::string_view segment, std::string_view who) {
-  std::lock_guard lock(mutex_);
+Result<std::byte*> VmuRegion::take(size_t bytes, std::string_view segment, std::string_view who, bool prefault) {
+  std::unique_lock lock(mutex_);
   const std::optional<size_t> offset = allocator_.allocate(bytes);
   if (!offset)
     return out_of_memory(fmt::format("{} segment: {} asked for {}; the VMU has {} free of {} (largest free extent {})",
                                      segment, who, format_bytes(bytes), format_bytes(allocator_.free_bytes()),
                                      format_bytes(allocator_.capacity()), format_bytes(allocator_.largest_free_extent())));
+  const size_t size = allocator_.extent_size(*offset);
+  lock.unlock();
+  if (prefault && backend_.device() == DeviceKind::kCpu) std::memset(base_ + *offset, 0, size);
   return base_ + *offset;
 }
 

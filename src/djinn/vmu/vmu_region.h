@@ -29,7 +29,9 @@ class VmuRegion {
   VmuRegion& operator=(const VmuRegion&) = delete;
 
   // An extent of at least `bytes`, or out-of-memory naming `who` and `segment`.
-  Result<std::byte*> take(size_t bytes, std::string_view segment, std::string_view who);
+  // `prefault`: on the CPU backend, touch every page now (zeroing it), so the first
+  // step that uses the extent does not pay the page faults; device memory needs none.
+  Result<std::byte*> take(size_t bytes, std::string_view segment, std::string_view who, bool prefault = false);
   void give_back(std::byte* extent);
 
   size_t capacity() const { return allocator_.capacity(); }
