@@ -222,3 +222,46 @@ TEST(ServerAdmission, ANewSessionWaitsForAnArenaThenFailsWithOutOfMemory) {
 
 }  // namespace
 }  // namespace djinn
+
+namespace djinn {
+namespace {
+
+// Regressions from review: requests that fail, or that run while the session last said
+// IO_WAIT, must leave the policy's view of the session true.
+TEST(ServerPolicy, RunningASessionMeansComputeAndFailuresDoNotDesyncThePolicy) {
+  PolicyServer server("proactive");
+  const uint64_t model = server.client().load_model("gpt2-tiny")->model_id();
+  RemoteSession s = *server.client().open_session(model, 96);
+  ASSERT_TRUE(s.generate(prompt_of(5, 1), 2).ok());
+  // IO_WAIT, then a Generate without COMPUTE: one swap-out (and the implicit swap-in),
+  // not one per decoded token.
+  ASSERT_TRUE(s.signal(rpc::SignalPhase::IO_WAIT).ok());
+  ASSERT_EQ(server.wait_for_state(s.id(), "SWAPPED", 200ms), "SWAPPED");
+  ASSERT_TRUE(s.generate(prompt_of(2, 2), 20).ok());
+  std::this_thread::sleep_for(50ms);
+  EXPECT_EQ(server.stats()["counters"]["policy_swaps_out"], 1);
+  EXPECT_EQ(server.session_stats(s.id())["state"], "RESIDENT");
+  EXPECT_EQ(server.session_stats(s.id())["phase"], "COMPUTE");
+  // A failing request (a token outside the vocabulary) after IO_WAIT: the next IO_WAIT
+  // still swaps the session out.
+  ASSERT_TRUE(s.signal(rpc::SignalPhase::IO_WAIT).ok());
+  const std::vector<int32_t> bad = {99999};
+  EXPECT_FALSE(s.forward(bad).ok());
+  ASSERT_TRUE(s.signal(rpc::SignalPhase::IO_WAIT).ok());
+  EXPECT_EQ(server.wait_for_state(s.id(), "SWAPPED", 300ms), "SWAPPED");
+  EXPECT_TRUE(s.generate(prompt_of(1, 3), 2).ok());
+}
+
+TEST(ServerPolicy, AnImpossibleGenerateIsRefusedWithoutTouchingTheSession) {
+  PolicyServer server("none");
+  const uint64_t model = server.client().load_model("gpt2-tiny")->model_id();
+  RemoteSession s = *server.client().open_session(model, 64);
+  Result<RemoteGenerateResult> huge = s.generate(prompt_of(2, 1), INT64_MAX);
+  ASSERT_FALSE(huge.ok());
+  EXPECT_EQ(huge.status().code(), StatusCode::kOutOfRange);
+  EXPECT_EQ(server.session_stats(s.id())["length"], 0);
+  EXPECT_TRUE(s.generate(prompt_of(2, 1), 3).ok());
+}
+
+}  // namespace
+}  // namespace djinn

@@ -128,7 +128,12 @@ Status InferenceSession::settle_swap() {
     residency_ = Residency::kSwapped;
     return {};
   }
-  DJINN_RETURN_IF_ERROR(copied);
+  if (!copied.ok()) {  // the copy back failed: the state is still in the HostPool slice
+    kv_.clear();
+    resources_.arena.reset();
+    residency_ = Residency::kSwapped;
+    return copied;
+  }
   host_pool_->free(host_slice_);
   host_slice_ = nullptr;
   residency_ = Residency::kResident;
@@ -221,6 +226,12 @@ Result<ForwardResult> InferenceSession::forward(std::span<const int32_t> tokens,
                            TensorView::contiguous(positions.data(), {n}, DType::kI32, LifetimeClass::kIo)};
   GraphBindings bindings{step.weights, kv_, io, SymbolBindings{.seq = n, .past = length_}, step.weights_id, kv_id_};
   ForwardResult result;
+  // Whatever happens, this step's stack frame is gone when forward() returns (another
+  // session may push the next one).
+  struct FramePopper {
+    StackFrame& frame;
+    ~FramePopper() { frame.pop(); }
+  } pop_on_exit{frame_};
   DJINN_ASSIGN_OR_RETURN(std::vector<TensorView> outputs, run_step(step.model_graph, bindings, result));
   length_ += n;
 
@@ -234,7 +245,8 @@ Result<ForwardResult> InferenceSession::forward(std::span<const int32_t> tokens,
 
 Result<GenerateResult> InferenceSession::generate(std::span<const int32_t> prompt, int64_t max_new_tokens) {
   if (max_new_tokens < 0) return invalid_argument(fmt::format("max_new_tokens must be >= 0, got {}", max_new_tokens));
-  if (length_ + static_cast<int64_t>(prompt.size()) + max_new_tokens - (max_new_tokens > 0 ? 1 : 0) > capacity_)
+  const int64_t room = capacity_ - length_ - static_cast<int64_t>(prompt.size());  // small: no overflow below
+  if (max_new_tokens > 0 && max_new_tokens - 1 > room)
     return out_of_range(fmt::format("{} prompt tokens + {} new tokens after the {} cached exceed the context of {} tokens",
                                     prompt.size(), max_new_tokens, length_, capacity_));
   GenerateResult result;

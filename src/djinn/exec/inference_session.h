@@ -113,6 +113,7 @@ class InferenceSession {
   // to the Data segment; after a swap-in the HostPool slice is freed. No-op otherwise.
   Status settle_swap();
   const Model& model() const { return *model_; }
+  const std::shared_ptr<const Model>& model_ptr() const { return model_; }
   // The step graph for (phase, all_logits), built on first use.
   const ModelGraph& step_graph(Phase phase, bool all_logits);
 

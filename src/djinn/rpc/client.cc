@@ -87,7 +87,7 @@ Result<ReplyMessage> Client::receive(uint64_t correlation_id) {
       return internal_error(fmt::format("{} sent a reply that does not parse", address_));
     std::vector<std::string_view> views;
     for (const zmq::message_t& f : message.frames) views.emplace_back(static_cast<const char*>(f.data()), f.size());
-    Result<std::vector<TensorView>> tensors = rpc::decode_tensors(message.reply.tensors(), views);
+    Result<std::vector<TensorView>> tensors = rpc::decode_tensors(message.reply.tensors(), views, message.realigned);
     if (!tensors.ok()) return internal_error(fmt::format("{} sent bad tensors: {}", address_, tensors.status().message()));
     message.tensors = std::move(tensors).value();
     early_.emplace(message.reply.correlation_id(), std::move(message));

@@ -39,6 +39,7 @@ struct ReplyMessage {
   rpc::Reply reply;
   std::vector<zmq::message_t> frames;
   std::vector<TensorView> tensors;
+  std::vector<HostTensor> realigned;  // see rpc::decode_tensors
 };
 
 struct RemoteForwardResult {

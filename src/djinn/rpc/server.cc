@@ -193,6 +193,25 @@ void Server::expire_leases() {
   }
 }
 
+void Server::sync_policy(SessionId id) {
+  Result<const InferenceSession*> s = std::as_const(*runtime_).session(id);
+  if (!s.ok()) return;
+  const Residency r = (*s)->residency();
+  if (r == Residency::kResident || r == Residency::kSwapped) {
+    pending_swaps_.erase(id);
+    policy_.sync(id, r == Residency::kResident);
+  }
+}
+
+void Server::begin_compute(SessionId id, SessionRecord& record) {
+  // Running a step means the session is computing, whatever it last signalled.
+  if (record.phase == SessionPhase::kIoWait) {
+    record.phase = SessionPhase::kCompute;
+    record.estimated_resume_ms = 0;
+  }
+  policy_.signal_compute(id, now_s());
+}
+
 void Server::note_step(SessionId id) {
   Result<const InferenceSession*> s = std::as_const(*runtime_).session(id);
   if (!s.ok()) return;
@@ -376,7 +395,9 @@ Status Server::on_open_session(const OpenSession& open, Outgoing& out) {
     count_error("unknown_model");
     return not_found(fmt::format("no model {} (load it first)", open.model_id()));
   }
-  Result<SessionId> id = try_admit(open);
+  // FIFO: while others wait for an arena, a new request queues behind them.
+  Result<SessionId> id = admissions_.empty() ? try_admit(open)
+                                             : Result<SessionId>(out_of_memory("sessions ahead are waiting for an arena"));
   if (!id.ok() && id.status().code() == StatusCode::kOutOfMemory && options_.admission_timeout_s > 0) {
     // Wait for an arena: retried every loop iteration until the deadline.
     PendingAdmission waiting;
@@ -411,7 +432,12 @@ Result<SessionId> Server::try_admit(const OpenSession& open) {
 
 Status Server::complete_admission(SessionId id, const OpenSession& open, Outgoing& out) {
   SessionRecord record;
-  DJINN_ASSIGN_OR_RETURN(record.token, random_token());
+  Result<std::string> token = random_token();
+  if (!token.ok()) {
+    (void)runtime_->close_session(id);  // nobody could ever use it
+    return token.status();
+  }
+  record.token = *token;
   record.model = static_cast<ModelId>(open.model_id());
   renew(record);
   OpenSessionReply* reply = out.reply.mutable_open_session();
@@ -469,15 +495,16 @@ Status Server::on_close_session(const Request& request, Outgoing& out) {
 }
 
 Status Server::on_forward(const Request& request, Outgoing& out) {
-  DJINN_RETURN_IF_ERROR(authorize(request));
-  if (generating_.contains(static_cast<SessionId>(request.session_id())))
-    return unavailable(fmt::format("session {} is busy with a Generate", request.session_id()));
+  DJINN_ASSIGN_OR_RETURN(SessionRecord * record, authorize(request));
+  const auto id = static_cast<SessionId>(request.session_id());
+  if (generating_.contains(id)) return unavailable(fmt::format("session {} is busy with a Generate", id));
   const Forward& forward = request.forward();
   const std::vector<int32_t> tokens(forward.tokens().begin(), forward.tokens().end());
-  pending_swaps_.erase(static_cast<SessionId>(request.session_id()));  // forward settles it
-  DJINN_ASSIGN_OR_RETURN(ForwardResult result,
-                         runtime_->forward(static_cast<SessionId>(request.session_id()), tokens, forward.all_logits()));
-  note_step(static_cast<SessionId>(request.session_id()));
+  begin_compute(id, *record);
+  Result<ForwardResult> ran = runtime_->forward(id, tokens, forward.all_logits());  // swaps in if needed
+  sync_policy(id);  // succeeded or not, the policy follows where the KV cache now is
+  DJINN_ASSIGN_OR_RETURN(ForwardResult result, std::move(ran));
+  note_step(id);
   ForwardReply* reply = out.reply.mutable_forward();
   reply->set_next_token(result.next_token);
   reply->set_rows(result.rows);
@@ -492,7 +519,7 @@ Status Server::on_forward(const Request& request, Outgoing& out) {
 }
 
 Status Server::on_generate(const Request& request, Outgoing& out) {
-  DJINN_RETURN_IF_ERROR(authorize(request));
+  DJINN_ASSIGN_OR_RETURN(SessionRecord * record, authorize(request));
   const auto id = static_cast<SessionId>(request.session_id());
   if (generating_.contains(id)) return unavailable(fmt::format("session {} is busy with a Generate", id));
   const Generate& generate = request.generate();
@@ -500,7 +527,9 @@ Status Server::on_generate(const Request& request, Outgoing& out) {
   const int64_t max_new = generate.max_new_tokens();
   if (max_new < 1) return invalid_argument(fmt::format("max_new_tokens must be >= 1, got {}", max_new));
   DJINN_ASSIGN_OR_RETURN(InferenceSession * session, runtime_->session(id));
-  if (session->length() + static_cast<int64_t>(prompt.size()) + max_new - 1 > session->capacity())
+  if (prompt.empty()) return invalid_argument("an empty prompt");
+  const int64_t room = session->capacity() - session->length() - static_cast<int64_t>(prompt.size());
+  if (max_new - 1 > room)  // no overflow: room is small, max_new is checked >= 1
     return out_of_range(fmt::format("{} prompt tokens + {} new tokens after the {} cached exceed the context of {} tokens",
                                     prompt.size(), max_new, session->length(), session->capacity()));
   ActiveGeneration g;
@@ -508,17 +537,23 @@ Status Server::on_generate(const Request& request, Outgoing& out) {
   g.correlation_id = request.correlation_id();
   g.session = id;
   g.queue_us = us_since(request_started_);
+  begin_compute(id, *record);
   // Swap-in wait: a session the policy moved out comes back before its prefill.
-  pending_swaps_.erase(id);
   const auto swap_start = Clock::now();
-  DJINN_RETURN_IF_ERROR(session->settle_swap());
-  if (session->residency() == Residency::kSwapped) {
-    DJINN_RETURN_IF_ERROR(runtime_->swap_in(id));
-    DJINN_RETURN_IF_ERROR(session->settle_swap());
+  Status back = session->settle_swap();
+  if (back.ok() && session->residency() == Residency::kSwapped) {
+    back = runtime_->swap_in(id).status();
+    if (back.ok()) back = session->settle_swap();
   }
   g.swap_in_us = us_since(swap_start);
+  if (!back.ok()) {
+    sync_policy(id);
+    return back;
+  }
   const auto prefill_start = Clock::now();
-  DJINN_ASSIGN_OR_RETURN(ForwardResult first, runtime_->forward(id, prompt));
+  Result<ForwardResult> prefill = runtime_->forward(id, prompt);
+  sync_policy(id);
+  DJINN_ASSIGN_OR_RETURN(ForwardResult first, std::move(prefill));
   g.prefill_ms = us_since(prefill_start) / 1e3;
   g.compute_us = first.compute_us + first.dispatch_us;
   g.tokens.push_back(first.next_token);
@@ -531,6 +566,7 @@ Status Server::on_generate(const Request& request, Outgoing& out) {
   } else {
     g.identity.copy(*current_identity_);
     generating_.emplace(id, std::move(g));
+    policy_.set_busy(id, true);
   }
   out.deferred = true;
   return {};
@@ -566,6 +602,8 @@ void Server::run_decode_step() {
       if (!one.ok()) {
         ActiveGeneration failed = std::move(g);
         generating_.erase(ids[i]);
+        policy_.set_busy(ids[i], false);
+        sync_policy(ids[i]);
         finish_generation(failed, one.status());
         continue;
       }
@@ -577,6 +615,7 @@ void Server::run_decode_step() {
       if (--g.remaining == 0) {
         ActiveGeneration done = std::move(g);
         generating_.erase(ids[i]);
+        policy_.set_busy(ids[i], false);
         finish_generation(done, {});
       }
     }
@@ -614,6 +653,7 @@ void Server::cancel_generation(SessionId session, const std::string& why) {
   if (it == generating_.end()) return;
   ActiveGeneration g = std::move(it->second);
   generating_.erase(it);
+  policy_.set_busy(session, false);
   finish_generation(g, unavailable(fmt::format("session {}: generation stopped: {}", session, why)));
 }
 

@@ -132,6 +132,8 @@ class Server {
   // policy decides now.
   void run_swap_policy();
   void note_step(SessionId id);
+  void sync_policy(SessionId id);
+  void begin_compute(SessionId id, SessionRecord& record);
   // One batched decode step for every active generation (grouped by model and
   // capacity); finished generations get their replies.
   void run_decode_step();

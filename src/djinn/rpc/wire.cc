@@ -2,6 +2,9 @@
 
 #include <fmt/format.h>
 
+#include <cstdint>
+#include <cstring>
+
 namespace djinn::rpc {
 
 void set_tensor_meta(TensorMeta& meta, const TensorView& view) {
@@ -11,7 +14,8 @@ void set_tensor_meta(TensorMeta& meta, const TensorView& view) {
 }
 
 Result<std::vector<TensorView>> decode_tensors(const google::protobuf::RepeatedPtrField<TensorMeta>& metas,
-                                               std::span<const std::string_view> frames) {
+                                               std::span<const std::string_view> frames,
+                                               std::vector<HostTensor>& realigned) {
   if (static_cast<size_t>(metas.size()) != frames.size())
     return invalid_argument(fmt::format("the header describes {} tensors but {} tensor frames came", metas.size(), frames.size()));
   std::vector<TensorView> views;
@@ -35,6 +39,17 @@ Result<std::vector<TensorView>> decode_tensors(const google::protobuf::RepeatedP
     if (expected != frame.size())
       return invalid_argument(fmt::format("tensor {}: {} {} needs {} bytes but its frame has {}", i, dtype_name(*dtype),
                                           to_string(shape), expected, frame.size()));
+    // Copied: frames whose bytes are misaligned for the dtype, and small frames, which
+    // ZeroMQ stores inside the message object itself (up to 33 bytes), so their address
+    // changes whenever the message is moved.
+    constexpr size_t kInlineFrameBytes = 64;
+    if (frame.size() <= kInlineFrameBytes || reinterpret_cast<uintptr_t>(frame.data()) % dtype_size(*dtype) != 0) {
+      HostTensor copy{*dtype, shape, std::vector<std::byte>(frame.size())};
+      if (!frame.empty()) std::memcpy(copy.bytes.data(), frame.data(), frame.size());
+      realigned.push_back(std::move(copy));
+      views.push_back(realigned.back().view());
+      continue;
+    }
     views.push_back(TensorView::contiguous(const_cast<char*>(frame.data()), std::move(shape), *dtype, LifetimeClass::kIo));
   }
   return views;
@@ -54,7 +69,7 @@ Result<DecodedRequest> decode_request(std::span<const std::string_view> frames, 
     return invalid_argument("the header frame is not a valid Request protobuf");
   if (decoded.request.body_case() == Request::BODY_NOT_SET)
     return invalid_argument("unknown message type (the request has no body this server understands)");
-  DJINN_ASSIGN_OR_RETURN(decoded.tensors, decode_tensors(decoded.request.tensors(), frames.subspan(1)));
+  DJINN_ASSIGN_OR_RETURN(decoded.tensors, decode_tensors(decoded.request.tensors(), frames.subspan(1), decoded.realigned));
   return decoded;
 }
 

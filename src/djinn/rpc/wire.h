@@ -30,14 +30,19 @@ struct DecodeLimits {
 // A request and views of its tensor frames (which the caller keeps alive).
 struct DecodedRequest {
   Request request;
-  std::vector<TensorView> tensors;  // lifetime kIo, contiguous, pointing into the frames
+  std::vector<TensorView> tensors;  // lifetime kIo, contiguous, pointing into the frames (or `realigned`)
+  std::vector<HostTensor> realigned;  // copies of small or misaligned frames (see decode_tensors)
 };
 
 Result<DecodedRequest> decode_request(std::span<const std::string_view> frames, const DecodeLimits& limits);
 
 // Checks `metas` against `frames` (one per meta) and returns views into the frames.
+// Small frames (ZeroMQ keeps them inside the message object, which may move) and frames
+// whose address is not a multiple of their element size are copied into `realigned`,
+// which must outlive the views; large frames are viewed in place (no copy).
 Result<std::vector<TensorView>> decode_tensors(const google::protobuf::RepeatedPtrField<TensorMeta>& metas,
-                                               std::span<const std::string_view> frames);
+                                               std::span<const std::string_view> frames,
+                                               std::vector<HostTensor>& realigned);
 
 void set_tensor_meta(TensorMeta& meta, const TensorView& view);
 

@@ -75,7 +75,11 @@ Result<ModelId> Runtime::load_model(const std::string& source, const LoadOptions
 Status Runtime::unload_model(ModelId id) {
   auto it = models_.find(id);
   if (it == models_.end()) return not_found(fmt::format("no model {}", id));
-  if (--it->second.refcount == 0) models_.erase(it);  // Text is freed when its last session closes too
+  if (--it->second.refcount == 0) {
+    const Model* gone = it->second.model.get();
+    models_.erase(it);  // Text is freed when its last session closes too
+    std::erase_if(batch_graphs_, [&](const auto& entry) { return std::get<0>(entry.first) == gone; });
+  }
   return {};
 }
 
@@ -112,8 +116,8 @@ Result<SessionId> Runtime::open_session(ModelId model_id, int64_t max_context) {
   }
   const auto arena_tokens = static_cast<int64_t>(data.arena_bytes() / per_token);
   const int64_t context = max_context > 0 ? max_context : std::min<int64_t>(arena_tokens, config.max_positions);
-  if (context > arena_tokens || context <= 0)
-    return out_of_memory(fmt::format("a session of {} tokens of {} needs {} of KV cache; the session arena is {}",
+  if (context > arena_tokens || context <= 0)  // too big for any arena: waiting would not help
+    return out_of_range(fmt::format("a session of {} tokens of {} needs {} of KV cache; the session arena is {}",
                                      std::max<int64_t>(context, 1), config.name, format_bytes(static_cast<size_t>(std::max<int64_t>(context, 1)) * per_token),
                                      format_bytes(data.arena_bytes())));
   const SessionId id = next_session_id_;
@@ -197,7 +201,7 @@ Result<std::vector<ForwardResult>> Runtime::decode_batch(std::span<const Session
     options.kv_capacity = capacity;
     options.batch = batch;
     options.weight_dtype = options.kv_dtype = model.dtype();
-    BatchGraph built{build_model_graph(model.config(), options), {}};
+    BatchGraph built{build_model_graph(model.config(), options), {}, next_binding_id(), sessions[0]->model_ptr()};
     for (ValueId v : built.graph.graph.weight_values()) built.weights.push_back(*model.weight(built.graph.graph.value(v).name));
     it = batch_graphs_.emplace(key, std::move(built)).first;
   }
@@ -268,6 +272,14 @@ Result<std::vector<HostTensor>> Runtime::run_graph(const Graph& graph, std::span
   return results;
 }
 
+nlohmann::json Runtime::swap_json() const {
+  nlohmann::json swap = to_json(swap_->stats());
+  size_t swapped = 0;
+  for (const auto& [id, s] : sessions_) swapped += s->residency() != Residency::kResident;
+  swap["swapped_now"] = swapped;  // sessions whose KV cache is (or is moving) out of the device
+  return swap;
+}
+
 nlohmann::json Runtime::stats_json() const {
   nlohmann::json models = nlohmann::json::array();
   for (const auto& [id, loaded] : models_)
@@ -278,7 +290,7 @@ nlohmann::json Runtime::stats_json() const {
   return {{"device", device_name(backend_->device())},
           {"vmu", vmu_->stats_json()},
           {"plan_cache", to_json(plan_cache_.stats())},
-          {"swap", to_json(swap_->stats())},
+          {"swap", swap_json()},
           {"models", models},
           {"sessions", sessions_.size()}};
 }

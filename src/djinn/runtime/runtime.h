@@ -82,6 +82,7 @@ class Runtime {
   size_t open_sessions() const { return sessions_.size(); }
   // {"device", "vmu", "plan_cache", "models", "sessions"}.
   nlohmann::json stats_json() const;
+  nlohmann::json swap_json() const;
 
  private:
   struct LoadedModel {
@@ -106,6 +107,7 @@ class Runtime {
     ModelGraph graph;
     std::vector<TensorView> weights;  // parallel to graph.graph.weight_values()
     uint64_t weights_id = next_binding_id();
+    std::shared_ptr<const Model> model;  // keeps the weights (and the key's address) alive
   };
   // Batched decode graphs by (model, batch, capacity).
   std::map<std::tuple<const Model*, int64_t, int64_t>, BatchGraph> batch_graphs_;

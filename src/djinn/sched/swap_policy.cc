@@ -79,6 +79,19 @@ void SwapPolicy::swap_failed(int64_t session) {
   it->second.in_requested = false;
 }
 
+void SwapPolicy::sync(int64_t session, bool resident) {
+  auto it = sessions_.find(session);
+  if (it == sessions_.end()) return;
+  it->second.resident = resident;
+  it->second.out_requested = false;
+  it->second.in_requested = false;
+}
+
+void SwapPolicy::set_busy(int64_t session, bool busy) {
+  auto it = sessions_.find(session);
+  if (it != sessions_.end()) it->second.busy = busy;
+}
+
 void SwapPolicy::set_kv_bytes(int64_t session, size_t bytes) {
   auto it = sessions_.find(session);
   if (it != sessions_.end()) it->second.kv_bytes = bytes;
@@ -93,6 +106,7 @@ SwapPolicy::Seconds SwapPolicy::swap_in_margin(int64_t session) const {
 std::vector<SwapDecision> SwapPolicy::decide(Seconds now) {
   std::vector<SwapDecision> out, in;
   for (auto& [id, r] : sessions_) {
+    if (r.busy) continue;
     switch (kind_) {
       case SwapPolicyKind::kProactive:
         if (r.resident && r.io_wait && !r.out_requested && !(r.resume_at && *r.resume_at - swap_in_margin(id) <= now)) {
@@ -122,7 +136,7 @@ std::optional<int64_t> SwapPolicy::eviction_candidate() const {
   std::optional<int64_t> best;
   Seconds oldest = 0;
   for (const auto& [id, r] : sessions_) {
-    if (!r.resident || r.out_requested) continue;
+    if (!r.resident || r.out_requested || r.busy) continue;
     if (!best || r.last_active < oldest) {
       best = id;
       oldest = r.last_active;

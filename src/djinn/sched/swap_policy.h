@@ -55,6 +55,11 @@ class SwapPolicy {
   void swapped_in(int64_t session, size_t bytes, Seconds took);  // updates the measured speed
   void set_kv_bytes(int64_t session, size_t bytes);
   void swap_failed(int64_t session);  // a decided swap did not happen: decide again later
+  // Where the session's KV cache really is now (after a request that may have swapped
+  // it in, failed or not): the policy's view follows, pending requests are dropped.
+  void sync(int64_t session, bool resident);
+  // A busy session (a Generate in flight) is neither swapped nor evicted.
+  void set_busy(int64_t session, bool busy);
 
   // What to do now (swap-outs first). Reports each decision once.
   std::vector<SwapDecision> decide(Seconds now);
@@ -73,6 +78,7 @@ class SwapPolicy {
     std::optional<Seconds> resume_at;  // IO_WAIT with an estimate
     size_t kv_bytes = 0;
     bool out_requested = false, in_requested = false;
+    bool busy = false;
   };
 
   SwapPolicyKind kind_;

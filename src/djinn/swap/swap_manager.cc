@@ -14,7 +14,7 @@ nlohmann::json to_json(const SwapStats& s) {
   return {{"swaps_out", s.swaps_out},     {"swaps_in", s.swaps_in},       {"bytes_out", s.bytes_out},
           {"bytes_in", s.bytes_in},       {"seconds_out", s.seconds_out}, {"seconds_in", s.seconds_in},
           {"out_gbps", gbps(s.bytes_out, s.seconds_out)}, {"in_gbps", gbps(s.bytes_in, s.seconds_in)},
-          {"refusals", s.refusals},       {"swapped_now", s.swapped_now}};
+          {"refusals", s.refusals}};
 }
 
 SwapManager::SwapManager(HostPool& pool, DataSegment& data) : pool_(pool), data_(data) {
@@ -99,8 +99,6 @@ Result<SwapTicket> SwapManager::swap_out(InferenceSession& session) {
   }
   SwapTicket ticket = gather(session.kv_used_spans(), *slice);
   session.begin_swap_out(ticket, *slice, pool_);
-  std::lock_guard lock(mutex_);
-  ++stats_.swapped_now;
   return ticket;
 }
 
@@ -114,8 +112,6 @@ Result<SwapTicket> SwapManager::swap_in(InferenceSession& session) {
   DJINN_RETURN_IF_ERROR(session.adopt_arena(std::move(arena)));
   SwapTicket ticket = scatter(session.host_slice(), session.kv_used_spans());
   session.begin_swap_in(ticket);
-  std::lock_guard lock(mutex_);
-  --stats_.swapped_now;
   return ticket;
 }
 

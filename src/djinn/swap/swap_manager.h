@@ -47,7 +47,6 @@ struct SwapStats {
   uint64_t bytes_out = 0, bytes_in = 0;
   double seconds_out = 0, seconds_in = 0;  // copy time on the worker
   uint64_t refusals = 0;                   // swap-outs refused: the HostPool had no room
-  uint64_t swapped_now = 0;                // sessions whose KV is in the HostPool
 };
 nlohmann::json to_json(const SwapStats& stats);
 
