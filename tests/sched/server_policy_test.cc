@@ -3,6 +3,8 @@
 #include <gtest/gtest.h>
 
 #include <chrono>
+#include <atomic>
+#include <random>
 #include <thread>
 
 #include "djinn/rpc/client.h"
@@ -261,6 +263,62 @@ TEST(ServerPolicy, AnImpossibleGenerateIsRefusedWithoutTouchingTheSession) {
   EXPECT_EQ(huge.status().code(), StatusCode::kOutOfRange);
   EXPECT_EQ(server.session_stats(s.id())["length"], 0);
   EXPECT_TRUE(s.generate(prompt_of(2, 1), 3).ok());
+}
+
+}  // namespace
+}  // namespace djinn
+
+namespace djinn {
+namespace {
+
+// Many agents signalling at random while generating: every invariant holds, no session
+// is lost, and each session's length is exactly what its agent put into it.
+TEST(ServerStress, RandomSignalsKeepEveryInvariantAndLoseNoSession) {
+  for (const char* policy : {"proactive", "reactive"}) {
+    PolicyServer server(policy, /*idle_timeout_s=*/0.02);
+    const uint64_t model = server.client().load_model("gpt2-tiny")->model_id();
+    constexpr int kAgents = 6, kRounds = 25;
+    std::vector<std::thread> agents;
+    std::vector<uint64_t> ids(kAgents);
+    std::vector<int64_t> lengths(kAgents, 0);
+    std::atomic<int> errors{0};
+    const std::string endpoint = server.endpoint();
+    for (int a = 0; a < kAgents; ++a)
+      agents.emplace_back([&, a] {
+        auto client = std::move(Client::connect(endpoint)).value();
+        RemoteSession s = *client->open_session(model, 128);
+        ids[static_cast<size_t>(a)] = s.id();
+        std::mt19937 rng(static_cast<uint32_t>(a) * 7 + 1);
+        int64_t length = 0;
+        for (int round = 0; round < kRounds; ++round) {
+          switch (rng() % 4) {
+            case 0: errors += !s.signal(rpc::SignalPhase::IO_WAIT, static_cast<double>(rng() % 30)).ok(); break;
+            case 1: errors += !s.signal(rpc::SignalPhase::COMPUTE).ok(); break;
+            case 2: std::this_thread::sleep_for(std::chrono::milliseconds(rng() % 25)); break;
+            case 3:
+              if (length + 4 <= 128) {
+                Result<RemoteGenerateResult> g = s.generate(prompt_of(2, round), 2);
+                errors += !g.ok();
+                if (g.ok()) length += 3;  // 2 prompt tokens + the first new one fed back on the next step
+              }
+              break;
+          }
+        }
+        lengths[static_cast<size_t>(a)] = length;
+      });
+    for (std::thread& t : agents) t.join();
+    EXPECT_EQ(errors.load(), 0) << policy;
+    std::this_thread::sleep_for(50ms);  // let in-flight swaps settle
+    const nlohmann::json stats = server.stats();
+    EXPECT_EQ(stats["invariants"], "ok") << policy;
+    ASSERT_EQ(stats["sessions"].size(), static_cast<size_t>(kAgents)) << policy;
+    for (int a = 0; a < kAgents; ++a) {
+      const nlohmann::json s = server.session_stats(ids[static_cast<size_t>(a)]);
+      EXPECT_EQ(s["length"].get<int64_t>(), lengths[static_cast<size_t>(a)]) << policy << " agent " << a;
+    }
+    EXPECT_EQ(stats["vmu"]["stack"]["used"], 0);
+    EXPECT_GT(stats["swap"]["swaps_out"].get<uint64_t>(), 0u) << policy << ": the stress must really move sessions";
+  }
 }
 
 }  // namespace

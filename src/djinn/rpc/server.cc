@@ -810,6 +810,8 @@ nlohmann::json Server::stats_json() const {
                       {"swap_in", summary(swap_in_samples_)},
                       {"compute", summary(compute_samples_)}};
   stats["generating"] = generating_.size();
+  const Status invariants = runtime_->vmu().check_invariants();
+  stats["invariants"] = invariants.ok() ? "ok" : invariants.message();
   stats["policy"] = options_.policy;
   stats["endpoints"] = endpoints_;
   stats["counters"] = {{"requests", counters_.requests},
