@@ -238,6 +238,19 @@ Status attention(const TensorView& q, const TensorView& k_cache, const TensorVie
     for (int64_t h = 0; h < n_heads; ++h) {
       const int64_t kv_head = h / group;
       const float* qh = q.as<const float>() + i * q.strides[0] + h * head_dim;
+      float* oh = out.as<float>() + i * out.strides[0] + h * head_dim;
+      if (k_cache.dtype == DType::kF32 && v_cache.dtype == DType::kF32) {
+        // f32 caches: the head's keys and values are strided [visible, head_dim] blocks,
+        // so both products are BLAS matrix-vector products.
+        const int ld = static_cast<int>(k_cache.strides[0]);
+        cblas_sgemv(CblasRowMajor, CblasNoTrans, static_cast<int>(visible), static_cast<int>(head_dim), attrs.scale,
+                    k_cache.as<const float>() + kv_head * head_dim, ld, qh, 1, 0.0f, scores.data(), 1);
+        softmax_inplace(scores.data(), visible);
+        cblas_sgemv(CblasRowMajor, CblasTrans, static_cast<int>(visible), static_cast<int>(head_dim), 1.0f,
+                    v_cache.as<const float>() + kv_head * head_dim, static_cast<int>(v_cache.strides[0]), scores.data(),
+                    1, 0.0f, oh, 1);
+        continue;
+      }
       for (int64_t t = 0; t < visible; ++t) {
         const float* kh = row_as_f32(element_ptr(k_cache, t, kv_head * head_dim), k_cache.dtype, head_dim, k_scratch);
         float dot = 0.0f;
@@ -245,7 +258,6 @@ Status attention(const TensorView& q, const TensorView& k_cache, const TensorVie
         scores[static_cast<size_t>(t)] = dot * attrs.scale;
       }
       softmax_inplace(scores.data(), visible);
-      float* oh = out.as<float>() + i * out.strides[0] + h * head_dim;
       std::fill_n(oh, head_dim, 0.0f);
       for (int64_t t = 0; t < visible; ++t) {
         const float* vh = row_as_f32(element_ptr(v_cache, t, kv_head * head_dim), v_cache.dtype, head_dim, v_scratch);
