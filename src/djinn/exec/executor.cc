@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <chrono>
 
 namespace djinn {
 namespace {
@@ -143,6 +144,24 @@ Result<std::vector<TensorView>> Executor::execute() {
   std::vector<TensorView> outputs;
   outputs.reserve(p.outputs.size());
   for (ValueId id : p.outputs) outputs.push_back(views_[static_cast<size_t>(id)]);
+  return outputs;
+}
+
+Result<std::vector<TensorView>> run_planned_step(Executor& executor, PlanCache& plans, StackSegment& stack,
+                                                 const Graph& graph, const GraphBindings& bindings, std::string_view who,
+                                                 StackFrame& frame, PlannedStepTiming* timing) {
+  using Clock = std::chrono::steady_clock;
+  frame.pop();  // frames nest LIFO: the old one goes before the new one is pushed
+  const auto start = Clock::now();
+  DJINN_ASSIGN_OR_RETURN(std::shared_ptr<const Plan> plan, plans.get(graph, bindings.symbols));
+  DJINN_ASSIGN_OR_RETURN(frame, stack.push(plan->stack_peak_bytes, who));
+  DJINN_RETURN_IF_ERROR(executor.bind(std::move(plan), bindings, frame.base()));
+  const auto bound = Clock::now();
+  Result<std::vector<TensorView>> outputs = executor.execute();
+  if (timing != nullptr) {
+    timing->dispatch_us = std::chrono::duration<double, std::micro>(bound - start).count();
+    timing->compute_us = std::chrono::duration<double, std::micro>(Clock::now() - bound).count();
+  }
   return outputs;
 }
 

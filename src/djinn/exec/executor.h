@@ -20,6 +20,8 @@
 #include "djinn/backend/backend.h"
 #include "djinn/exec/interpreter.h"
 #include "djinn/meta/plan.h"
+#include "djinn/meta/plan_cache.h"
+#include "djinn/vmu/stack_segment.h"
 
 namespace djinn {
 
@@ -49,5 +51,17 @@ class Executor {
   std::byte* bound_stack_base_ = nullptr;
   SymbolBindings symbols_{-1, -1};
 };
+
+struct PlannedStepTiming {
+  double dispatch_us = 0;  // plan lookup (and build on a miss) + stack frame + binding
+  double compute_us = 0;   // the kernels
+};
+
+// The planned path of one step, shared by sessions, batched decode and run_graph: the
+// plan from `plans`, a frame of its peak on `stack` (held in `frame`, where the outputs
+// live until it is popped; any frame `frame` held before is popped first), bind, execute.
+Result<std::vector<TensorView>> run_planned_step(Executor& executor, PlanCache& plans, StackSegment& stack,
+                                                 const Graph& graph, const GraphBindings& bindings, std::string_view who,
+                                                 StackFrame& frame, PlannedStepTiming* timing = nullptr);
 
 }  // namespace djinn

@@ -160,15 +160,11 @@ Result<std::vector<TensorView>> InferenceSession::run_step(const ModelGraph& gra
     timing.compute_us = std::chrono::duration<double, std::micro>(Clock::now() - start).count();
     return outputs;
   }
-  frame_.pop();  // a step that failed may have left its frame open
-  const auto start = Clock::now();
-  DJINN_ASSIGN_OR_RETURN(std::shared_ptr<const Plan> plan, resources_.plans->get(graph.graph, bindings.symbols));
-  DJINN_ASSIGN_OR_RETURN(frame_, resources_.stack->push(plan->stack_peak_bytes, model_->config().name));
-  DJINN_RETURN_IF_ERROR(executor_.bind(std::move(plan), bindings, frame_.base()));
-  const auto bound = Clock::now();
-  Result<std::vector<TensorView>> outputs = executor_.execute();
-  timing.dispatch_us = std::chrono::duration<double, std::micro>(bound - start).count();
-  timing.compute_us = std::chrono::duration<double, std::micro>(Clock::now() - bound).count();
+  PlannedStepTiming planned;
+  Result<std::vector<TensorView>> outputs = run_planned_step(executor_, *resources_.plans, *resources_.stack, graph.graph,
+                                                             bindings, model_->config().name, frame_, &planned);
+  timing.dispatch_us = planned.dispatch_us;
+  timing.compute_us = planned.compute_us;
   return outputs;
 }
 

@@ -153,8 +153,7 @@ Status Server::serve() {
   for (PendingAdmission& waiting : admissions_) {
     Outgoing out;
     out.reply.set_correlation_id(waiting.correlation_id);
-    out.reply.mutable_error()->set_code(status_code_wire_name(StatusCode::kUnavailable));
-    out.reply.mutable_error()->set_message("the server is shutting down");
+    set_error(out.reply, unavailable("the server is shutting down"));
     send(waiting.identity, out);
   }
   admissions_.clear();
@@ -191,6 +190,14 @@ void Server::expire_leases() {
       ++it;
     }
   }
+}
+
+void Server::set_error(Reply& reply, const Status& status) {
+  const uint64_t correlation = reply.correlation_id();
+  reply.Clear();
+  reply.set_correlation_id(correlation);
+  reply.mutable_error()->set_code(status_code_wire_name(status.code()));
+  reply.mutable_error()->set_message(status.message());
 }
 
 void Server::sync_policy(SessionId id) {
@@ -292,12 +299,8 @@ void Server::handle(zmq::message_t& identity, std::vector<zmq::message_t>& frame
   }
   if (status.ok() && out.deferred) return;  // a Generate in flight: replied when it finishes
   if (!status.ok()) {
-    const uint64_t correlation = out.reply.correlation_id();
-    out.reply.Clear();
     out.tensors.clear();
-    out.reply.set_correlation_id(correlation);
-    out.reply.mutable_error()->set_code(status_code_wire_name(status.code()));
-    out.reply.mutable_error()->set_message(status.message());
+    set_error(out.reply, status);
   }
   send(identity, out);
 }
@@ -460,12 +463,7 @@ void Server::run_admissions() {
     if (id.ok()) {
       ++counters_.admissions_waited;
       const Status done = complete_admission(*id, waiting.open, out);
-      if (!done.ok()) {
-        out.reply.Clear();
-        out.reply.set_correlation_id(waiting.correlation_id);
-        out.reply.mutable_error()->set_code(status_code_wire_name(done.code()));
-        out.reply.mutable_error()->set_message(done.message());
-      }
+      if (!done.ok()) set_error(out.reply, done);
     } else if (id.status().code() == StatusCode::kOutOfMemory && now_s() < waiting.deadline_s) {
       return;  // still no room: wait on
     } else {
@@ -474,8 +472,7 @@ void Server::run_admissions() {
                                                             options_.admission_timeout_s, id.status().message()))
                                 : id.status();
       count_error(id.status().code() == StatusCode::kOutOfMemory ? "admission_timeout" : "open_session_failed");
-      out.reply.mutable_error()->set_code(status_code_wire_name(failed.code()));
-      out.reply.mutable_error()->set_message(failed.message());
+      set_error(out.reply, failed);
     }
     send(waiting.identity, out);
     admissions_.pop_front();
@@ -626,8 +623,7 @@ void Server::finish_generation(ActiveGeneration& g, const Status& status) {
   Outgoing out;
   out.reply.set_correlation_id(g.correlation_id);
   if (!status.ok()) {
-    out.reply.mutable_error()->set_code(status_code_wire_name(status.code()));
-    out.reply.mutable_error()->set_message(status.message());
+    set_error(out.reply, status);
     count_error("generate_failed");
   } else {
     GenerateReply* reply = out.reply.mutable_generate();

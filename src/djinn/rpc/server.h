@@ -133,6 +133,8 @@ class Server {
   void run_swap_policy();
   void note_step(SessionId id);
   void sync_policy(SessionId id);
+  // Turns `reply` into an error reply (keeping its correlation id).
+  static void set_error(Reply& reply, const Status& status);
   void begin_compute(SessionId id, SessionRecord& record);
   // One batched decode step for every active generation (grouped by model and
   // capacity); finished generations get their replies.

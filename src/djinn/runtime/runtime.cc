@@ -176,7 +176,6 @@ Result<GenerateResult> Runtime::generate(SessionId id, std::span<const int32_t> 
 }
 
 Result<std::vector<ForwardResult>> Runtime::decode_batch(std::span<const SessionId> ids, std::span<const int32_t> tokens) {
-  using Clock = std::chrono::steady_clock;
   if (ids.size() != tokens.size() || ids.empty())
     return invalid_argument(fmt::format("decode_batch: {} sessions but {} tokens", ids.size(), tokens.size()));
   std::vector<InferenceSession*> sessions;
@@ -221,15 +220,12 @@ Result<std::vector<ForwardResult>> Runtime::decode_batch(std::span<const Session
                            TensorView::contiguous(positions.data(), {batch}, DType::kI32, LifetimeClass::kIo)};
   const SymbolBindings symbols{.seq = 1, .past = 0};  // shapes are constant; positions carry the lengths
 
-  const auto start = Clock::now();
-  DJINN_ASSIGN_OR_RETURN(std::shared_ptr<const Plan> plan, plan_cache_.get(step.graph.graph, symbols));
-  DJINN_ASSIGN_OR_RETURN(StackFrame frame, vmu_->stack().push(plan->stack_peak_bytes, "batched decode"));
-  DJINN_RETURN_IF_ERROR(
-      batch_executor_.bind(std::move(plan), GraphBindings{step.weights, kv, io, symbols, step.weights_id, 0}, frame.base()));
-  const auto bound = Clock::now();
-  DJINN_ASSIGN_OR_RETURN(std::vector<TensorView> outputs, batch_executor_.execute());
-  const double dispatch_us = std::chrono::duration<double, std::micro>(bound - start).count();
-  const double compute_us = std::chrono::duration<double, std::micro>(Clock::now() - bound).count();
+  StackFrame frame;
+  PlannedStepTiming timing;
+  DJINN_ASSIGN_OR_RETURN(std::vector<TensorView> outputs,
+                         run_planned_step(batch_executor_, plan_cache_, vmu_->stack(), step.graph.graph,
+                                          GraphBindings{step.weights, kv, io, symbols, step.weights_id, 0},
+                                          "batched decode", frame, &timing));
 
   const int64_t vocab = model.config().vocab_size;
   std::vector<ForwardResult> results(sessions.size());
@@ -238,8 +234,8 @@ Result<std::vector<ForwardResult>> Runtime::decode_batch(std::span<const Session
     results[b].logits.assign(row, row + vocab);
     results[b].rows = 1;
     results[b].next_token = outputs[1].as<const int32_t>()[b];
-    results[b].dispatch_us = dispatch_us;
-    results[b].compute_us = compute_us;
+    results[b].dispatch_us = timing.dispatch_us;
+    results[b].compute_us = timing.compute_us;
     sessions[b]->advance_length(1);
   }
   return results;
@@ -263,10 +259,10 @@ Result<std::vector<HostTensor>> Runtime::run_graph(const Graph& graph, std::span
       case LifetimeClass::kActivation: io.push_back(view); break;
     }
   }
-  DJINN_ASSIGN_OR_RETURN(std::shared_ptr<const Plan> plan, plan_cache_.get(graph, symbols));
-  DJINN_ASSIGN_OR_RETURN(StackFrame frame, vmu_->stack().push(plan->stack_peak_bytes, "run_graph"));
-  DJINN_RETURN_IF_ERROR(graph_executor_.bind(std::move(plan), GraphBindings{weights, kv, io, symbols}, frame.base()));
-  DJINN_ASSIGN_OR_RETURN(std::vector<TensorView> outputs, graph_executor_.execute());
+  StackFrame frame;
+  DJINN_ASSIGN_OR_RETURN(std::vector<TensorView> outputs,
+                         run_planned_step(graph_executor_, plan_cache_, vmu_->stack(), graph,
+                                          GraphBindings{weights, kv, io, symbols}, "run_graph", frame));
   std::vector<HostTensor> results;
   for (const TensorView& out : outputs) results.push_back(HostTensor::copy_of(out));
   return results;
