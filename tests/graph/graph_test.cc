@@ -13,12 +13,32 @@ TEST(OpTable, NamesArityAndTraitsRoundTrip) {
   for (int i = 0; i < kNumOps; ++i) {
     const auto op = static_cast<OpKind>(i);
     EXPECT_EQ(parse_op(op_name(op)), op);
-    EXPECT_GE(op_arity(op), 1);
+    EXPECT_TRUE(op_arity(op) >= 1 || op_arity(op) == -1) << op_name(op);  // -1: variadic
   }
   EXPECT_FALSE(parse_op("conv2d").has_value());
   EXPECT_TRUE(op_has_trait(OpKind::kKvAppend, kWritesKv));
   EXPECT_TRUE(op_has_trait(OpKind::kAttention, kReadsKv));
   EXPECT_FALSE(op_has_trait(OpKind::kMatMul, kElementwise));
+}
+
+TEST(ShapeInference, BatchedDecodeAttentionNeedsACachePairPerSession) {
+  OpAttrs attrs;
+  attrs.n_heads = 4;
+  attrs.n_kv_heads = 2;
+  attrs.head_dim = 8;
+  const ValueType q{DType::kF32, {3, 32}}, kv_new{DType::kF32, {3, 16}}, pos{DType::kI32, {3}};
+  const ValueType cache{DType::kF16, {64, 16}};
+  std::vector<ValueType> in = {q, kv_new, kv_new, pos, cache, cache, cache, cache, cache, cache};
+  Result<ValueType> out = infer_output_type(OpKind::kBatchedDecodeAttention, attrs, in);
+  ASSERT_TRUE(out.ok()) << out.status().to_string();
+  EXPECT_EQ(out->shape, (SymShape{3, 32}));
+  in.pop_back();  // an odd cache count
+  EXPECT_FALSE(infer_output_type(OpKind::kBatchedDecodeAttention, attrs, in).ok());
+  in.pop_back();  // two pairs for a batch of three
+  EXPECT_FALSE(infer_output_type(OpKind::kBatchedDecodeAttention, attrs, in).ok());
+  std::vector<ValueType> mixed = {q, kv_new, kv_new, pos, cache, cache, cache, cache, cache, ValueType{DType::kF32, {64, 16}}};
+  EXPECT_FALSE(infer_output_type(OpKind::kBatchedDecodeAttention, attrs, mixed).ok());  // one cache of another dtype
+  EXPECT_FALSE(infer_output_type(OpKind::kBatchedDecodeAttention, attrs, std::vector<ValueType>{q, kv_new, kv_new, pos}).ok());
 }
 
 TEST(ShapeInference, MatmulBothWeightLayouts) {

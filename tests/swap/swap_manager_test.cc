@@ -25,7 +25,7 @@ TEST(SwapManager, GatherScatterRoundTripsPreserveEveryByte) {
   CpuBackend backend;
   auto region = *VmuRegion::create(backend, 16 << 20);
   DataSegment data(*region, 1 << 20);
-  SwapManager swap(*pool, data);
+  SwapManager swap(backend, *pool, data);
   std::mt19937 rng(7);
   std::vector<std::byte> source(4 << 20), target(4 << 20);
   for (int cycle = 0; cycle < 2000; ++cycle) {

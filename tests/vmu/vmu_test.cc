@@ -12,6 +12,7 @@
 #include <limits>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <random>
 #include <string>
@@ -1320,6 +1321,104 @@ TEST(HostPool, AllocateFreeAndStats) {
   pool.free(*b);
   EXPECT_EQ(pool.stats().used, 0u);
   EXPECT_TRUE(pool.check_invariants().ok());
+}
+
+// A pinner that records what it was asked to pin (the CUDA backend registers chunks).
+class RecordingPinner final : public CpuBackend {
+ public:
+  Status pin_host(void* pointer, size_t bytes) override {
+    std::lock_guard lock(mutex);
+    pinned.emplace_back(static_cast<std::byte*>(pointer), bytes);
+    return fail_after-- == 0 ? unavailable("pinning refused") : Status{};
+  }
+  void unpin_host(void* pointer) override {
+    std::lock_guard lock(mutex);
+    unpinned.push_back(static_cast<std::byte*>(pointer));
+  }
+  std::mutex mutex;
+  std::vector<std::pair<std::byte*, size_t>> pinned;
+  std::vector<std::byte*> unpinned;
+  int fail_after = -1;  // -1: never fail
+};
+
+TEST(HostPool, GrowsInPinnedChunksAndNoSliceSpansTwo) {
+  RecordingPinner pinner;
+  {
+    auto created = HostPool::create(1 * MiB, &pinner, HostPool::Growth::kNow, /*chunk_bytes=*/256 * KiB);
+    ASSERT_TRUE(created.ok()) << created.status().to_string();
+    HostPool& pool = **created;
+    ASSERT_EQ(pinner.pinned.size(), 4u);  // four chunks, each pinned once
+    std::byte* base = pinner.pinned[0].first;
+    for (size_t i = 0; i < 4; ++i) {
+      EXPECT_EQ(pinner.pinned[i].first, base + i * 256 * KiB);
+      EXPECT_EQ(pinner.pinned[i].second, 256 * KiB);
+    }
+    EXPECT_EQ(pool.ready_bytes(), 1 * MiB);
+    EXPECT_TRUE(pool.check_invariants().ok());
+    // Slices of 200 KiB: one fits per chunk (a guard ends each chunk), never across.
+    std::vector<std::byte*> slices;
+    for (Result<std::byte*> s = pool.allocate(200 * KiB, "t"); s.ok(); s = pool.allocate(200 * KiB, "t")) slices.push_back(*s);
+    EXPECT_EQ(slices.size(), 4u);
+    for (std::byte* s : slices) {
+      const size_t offset = static_cast<size_t>(s - base);
+      EXPECT_EQ(offset / (256 * KiB), (offset + 200 * KiB - 1) / (256 * KiB)) << "slice at " << offset << " spans chunks";
+    }
+    EXPECT_FALSE(pool.allocate(256 * KiB, "whole chunk").ok());  // the guard takes 256 bytes of each but the last
+    EXPECT_TRUE(pool.check_invariants().ok());
+    for (std::byte* s : slices) pool.free(s);
+    EXPECT_EQ(pool.stats().used, 0u);
+    EXPECT_TRUE(pool.check_invariants().ok());
+    EXPECT_TRUE(pool.stats_json()["pinned"].get<bool>());
+  }
+  EXPECT_EQ(pinner.unpinned.size(), 4u);  // every chunk unpinned when the pool goes
+}
+
+TEST(HostPool, BackgroundGrowthServesTheFirstChunkAtOnce) {
+  RecordingPinner pinner;
+  auto created = HostPool::create(64 * MiB, &pinner, HostPool::Growth::kBackground, /*chunk_bytes=*/4 * MiB);
+  ASSERT_TRUE(created.ok()) << created.status().to_string();
+  HostPool& pool = **created;
+  EXPECT_GE(pool.ready_bytes(), 4 * MiB);            // the first chunk is ready before create() returns
+  EXPECT_TRUE(pool.allocate(1 * MiB, "early").ok());  // and can be used meanwhile
+  EXPECT_TRUE(pool.wait_ready().ok());
+  EXPECT_EQ(pool.ready_bytes(), 64 * MiB);
+  EXPECT_GE(pool.stats_json()["ready_seconds"].get<double>(), 0.0);
+  EXPECT_TRUE(pool.check_invariants().ok());
+}
+
+TEST(HostPool, APinningFailureIsReportedAndTheReadyPartStaysUsable) {
+  RecordingPinner pinner;
+  pinner.fail_after = 2;  // the third chunk fails
+  auto failed = HostPool::create(1 * MiB, &pinner, HostPool::Growth::kNow, 256 * KiB);
+  ASSERT_FALSE(failed.ok());
+  EXPECT_NE(failed.status().message().find("pinning refused"), std::string::npos) << failed.status().to_string();
+
+  RecordingPinner background;
+  background.fail_after = 2;
+  auto created = HostPool::create(1 * MiB, &background, HostPool::Growth::kBackground, 256 * KiB);
+  ASSERT_TRUE(created.ok());
+  HostPool& pool = **created;
+  EXPECT_FALSE(pool.wait_ready().ok());
+  EXPECT_EQ(pool.ready_bytes(), 512 * KiB);  // two chunks made it
+  EXPECT_TRUE(pool.stats_json().contains("growth_error"));
+  EXPECT_TRUE(pool.allocate(100 * KiB, "after").ok());
+  EXPECT_TRUE(pool.check_invariants().ok());
+}
+
+TEST(ExtentAllocator, GrowAddsFreeBytesAndAGuardKeepsExtentsApart) {
+  ExtentAllocator a(1024, 256);
+  const auto first = a.allocate(512);
+  ASSERT_TRUE(first.has_value());
+  a.grow(2048, 256);  // [1024, 1792) free, [1792, 2048) guard
+  EXPECT_EQ(a.capacity(), 2048u);
+  EXPECT_EQ(a.free_bytes(), 512u + 768u);
+  EXPECT_EQ(a.largest_free_extent(), 512u + 768u);  // the free tail coalesced with the new range
+  EXPECT_TRUE(a.check_invariants().ok());
+  a.grow(4096);
+  EXPECT_EQ(a.free_bytes(), 512u + 768u + 2048u);
+  EXPECT_EQ(a.largest_free_extent(), 2048u);  // the guard splits them
+  EXPECT_TRUE(a.check_invariants().ok());
+  EXPECT_THROW(a.grow(1024), CheckError);
 }
 
 TEST(HostPool, OutOfMemoryNamesWho) {

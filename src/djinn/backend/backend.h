@@ -2,7 +2,18 @@
 // runs single ops on memory it can address and owns its raw allocations and
 // streams; it knows nothing of sessions, graphs or segments (that is vmu/ and exec/).
 //
-// Threads: a Backend instance is used by one thread at a time (the executor's).
+// Memory model: a backend's allocations may not be addressable from the host (cuda).
+// Host code never dereferences them unless host_addressable(); it moves bytes with
+// copy() / zero() and reads results after synchronize().
+//
+// Queues: kCompute is the order ops run in (the CUDA compute stream; on the CPU the
+// calling thread). kSwapOut / kSwapIn are the SwapManager's copy queues (CUDA: one
+// stream each), so swaps overlap compute.
+//
+// Threads: run_op, zero, synchronize and copy(..., kCompute) from one thread at a time
+// (the executor's); copy(..., kSwapOut) and copy(..., kSwapIn) each from one other
+// thread at a time, concurrently with compute. allocate / deallocate / pin_host are
+// thread-safe.
 #pragma once
 
 #include <cstddef>
@@ -19,6 +30,16 @@ namespace djinn {
 
 enum class DeviceKind : uint8_t { kCpu, kCuda };
 const char* device_name(DeviceKind device);
+
+// One contiguous copy: `bytes` from `src` to `dst`, either of which may be host or
+// device memory.
+struct CopyRegion {
+  void* dst = nullptr;
+  const void* src = nullptr;
+  size_t bytes = 0;
+};
+
+enum class CopyQueue : uint8_t { kCompute, kSwapOut, kSwapIn };
 
 class Backend {
  public:
@@ -39,6 +60,34 @@ class Backend {
   virtual void deallocate(void* pointer) = 0;
   // Memory the device could still give (CPU: the kernel's MemAvailable), bytes.
   virtual size_t free_memory_bytes() const = 0;
+
+  // Whether host code may read and write allocate()'s memory directly (CPU: yes).
+  virtual bool host_addressable() const = 0;
+  // Copies every region on `queue` and returns once all of them are done. On kCompute
+  // the copies are ordered after every op issued before. Host memory that pin_host()
+  // registered moves at DMA speed; other host memory works, slower.
+  virtual Status copy(std::span<const CopyRegion> regions, CopyQueue queue) = 0;
+  // Zeroes `bytes` of device memory at `dst`, in compute order.
+  virtual Status zero(void* dst, size_t bytes) = 0;
+  // Waits for every op issued on the compute queue; returns the first error a kernel
+  // reported since the last call (CUDA kernels flag bad data — an id outside the
+  // vocabulary, a position past the KV capacity — on the device). The CPU backend
+  // reports such errors from run_op itself, so this returns ok at once.
+  virtual Status synchronize() = 0;
+  // Page-locks host memory [pointer, pointer + bytes) for fast copies; unpin_host undoes
+  // it. CPU: nothing to do.
+  virtual Status pin_host(void* pointer, size_t bytes) = 0;
+  virtual void unpin_host(void* pointer) = 0;
+
+  // Convenience wrappers over copy() on the compute queue.
+  Status upload(void* device_dst, const void* host_src, size_t bytes) {
+    const CopyRegion region{device_dst, host_src, bytes};
+    return copy({&region, 1}, CopyQueue::kCompute);
+  }
+  Status download(void* host_dst, const void* device_src, size_t bytes) {
+    const CopyRegion region{host_dst, device_src, bytes};
+    return copy({&region, 1}, CopyQueue::kCompute);
+  }
 };
 
 // Returns the backend for `device`, or an error if it is not built or has no device.

@@ -283,6 +283,7 @@ Command add_bench_command(CLI::App& app) {
   CLI::App* swap_cmd = bench->add_subcommand("swap", "Swap throughput beside raw copy throughput, 1 MiB to 1 GiB");
   swap_cmd->add_option("--max-mb", swap->max_mb, "largest session size, MiB (default 1024)")->check(CLI::Range(1, 65536));
   swap_cmd->add_flag("--json", swap->json, "print JSON");
+  swap_cmd->add_option("--device", swap->device, "cpu or cuda")->check(CLI::IsMember({"cpu", "cuda"}));
   return {bench, [decode_cmd, decode, plans_cmd, plans, os_tax_cmd, os_tax, swap_cmd, swap, batch_cmd, batch]() -> Status {
             if (batch_cmd->parsed()) return bench_batch(*batch);
             if (swap_cmd->parsed()) return bench_swap(*swap);

@@ -2,7 +2,12 @@
 #pragma once
 
 #include <algorithm>
+#include <nlohmann/json.hpp>
+#include <string>
 #include <vector>
+
+#include "djinn/backend/cuda/cuda_device.h"
+#include "djinn/core/machine_info.h"
 
 namespace djinn::cli {
 
@@ -18,6 +23,22 @@ inline double mean(const std::vector<double>& samples) {
   double sum = 0;
   for (double s : samples) sum += s;
   return samples.empty() ? 0.0 : sum / static_cast<double>(samples.size());
+}
+
+// The machine a result was measured on: the host (CPU model, cores, memory) and, when
+// the backend is cuda, the GPU (name, memory).
+inline nlohmann::json machine_json(bool with_gpu) {
+  nlohmann::json out = to_json(machine_info());
+  if (with_gpu) {
+    const CudaDeviceInfo gpu = cuda_device_info();
+    out["gpu"] = {{"name", gpu.name}, {"total_bytes", gpu.total_bytes}, {"devices", gpu.device_count}};
+  }
+  return out;
+}
+
+// What to name in a printed table's title: the GPU for cuda runs, else the CPU.
+inline std::string machine_title(bool with_gpu) {
+  return with_gpu ? cuda_device_info().name : machine_info().cpu_model;
 }
 
 }  // namespace djinn::cli

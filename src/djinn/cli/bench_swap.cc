@@ -5,9 +5,10 @@
 // contiguous runs spread over an arena twice the used size, as in a half-full arena.
 // Swap-out gathers them into one HostPool slice on the out worker, swap-in scatters
 // them back on the in worker; "both" runs a swap-out and a swap-in of two sessions at
-// once. The baselines copy the same bytes with one memcpy (raw out / raw in) and two
-// memcpys on two threads at once (raw both). CPU backend: "device" memory is host
-// memory, so every copy here is a memory-to-memory copy.
+// once. The baselines copy the same number of bytes as one contiguous copy on the
+// backend's swap queues (raw out / raw in) and two such copies on two threads at once
+// (raw both): on the CPU backend a memcpy ("device" memory is host memory), on CUDA a
+// cudaMemcpyAsync between device memory and the pinned HostPool.
 #include <fmt/format.h>
 
 #include <chrono>
@@ -21,7 +22,7 @@
 #include "djinn/core/machine_info.h"
 #include "djinn/swap/swap_manager.h"
 #include "djinn/vmu/vmu.h"
-#include "djinn/backend/cpu/cpu_backend.h"
+#include "djinn/backend/backend.h"
 
 namespace djinn::cli {
 namespace {
@@ -35,62 +36,93 @@ double seconds_of(const std::function<void()>& work) {
   return std::chrono::duration<double>(Clock::now() - start).count();
 }
 
+// A session's KV layout in the backend's memory: kSlots used runs spread over an
+// arena twice the used size, filled with non-zero bytes (no page faults while timed).
 struct FakeSession {
-  std::vector<std::byte> arena;  // "device" memory
+  Backend* backend = nullptr;
+  std::byte* arena = nullptr;
   std::vector<ByteSpan> spans;
+  FakeSession() = default;
+  FakeSession(const FakeSession&) = delete;
+  FakeSession& operator=(const FakeSession&) = delete;
+  ~FakeSession() {
+    if (arena != nullptr) backend->deallocate(arena);
+  }
 };
 
-FakeSession make_session(size_t bytes) {
-  FakeSession s;
-  s.arena.assign(2 * bytes + 4096, std::byte{1});  // touched: no page faults while timed
-  const size_t per_slot = bytes / kSlots, stride = s.arena.size() / kSlots;
+Status make_session(Backend& backend, size_t bytes, uint8_t fill, FakeSession& s) {
+  const size_t arena_bytes = 2 * bytes + 4096;
+  s.backend = &backend;
+  s.arena = static_cast<std::byte*>(backend.allocate(arena_bytes, 256));
+  if (s.arena == nullptr) return out_of_memory(fmt::format("bench swap: {} of {} memory", format_bytes(arena_bytes),
+                                                           device_name(backend.device())));
+  const std::vector<std::byte> pattern(arena_bytes, std::byte{fill});
+  DJINN_RETURN_IF_ERROR(backend.upload(s.arena, pattern.data(), arena_bytes));
+  const size_t per_slot = bytes / kSlots, stride = arena_bytes / kSlots / 256 * 256;
   size_t left = bytes;
   for (int i = 0; i < kSlots; ++i) {
     const size_t n = i + 1 == kSlots ? left : per_slot;
-    s.spans.push_back({s.arena.data() + static_cast<size_t>(i) * stride, n});
+    s.spans.push_back({s.arena + static_cast<size_t>(i) * stride, n});
     left -= n;
   }
-  return s;
+  return {};
 }
 
 }  // namespace
 
 Status bench_swap(const SwapBenchOptions& options) {
   const size_t max_bytes = static_cast<size_t>(options.max_mb) << 20;
-  DJINN_ASSIGN_OR_RETURN(std::unique_ptr<HostPool> pool, HostPool::create(2 * max_bytes + (8u << 20)));
-  CpuBackend backend;
-  DJINN_ASSIGN_OR_RETURN(std::unique_ptr<VmuRegion> region, VmuRegion::create(backend, 1 << 20));
+  const DeviceKind device = options.device == "cuda" ? DeviceKind::kCuda : DeviceKind::kCpu;
+  DJINN_ASSIGN_OR_RETURN(std::unique_ptr<Backend> backend, make_backend(device));
+  const auto pool_start = Clock::now();
+  DJINN_ASSIGN_OR_RETURN(std::unique_ptr<HostPool> pool, HostPool::create(2 * max_bytes + (8u << 20), backend.get()));
+  const double pool_seconds = std::chrono::duration<double>(Clock::now() - pool_start).count();
+  DJINN_ASSIGN_OR_RETURN(std::unique_ptr<VmuRegion> region, VmuRegion::create(*backend, 1 << 20));
   DataSegment data(*region, 4096);
-  SwapManager swap(*pool, data);
+  SwapManager swap(*backend, *pool, data);
 
   nlohmann::json rows = nlohmann::json::array();
   for (size_t bytes = size_t{1} << 20; bytes <= max_bytes; bytes *= 4) {
-    FakeSession a = make_session(bytes), b = make_session(bytes);
+    FakeSession a, b;
+    DJINN_RETURN_IF_ERROR(make_session(*backend, bytes, 1, a));
+    DJINN_RETURN_IF_ERROR(make_session(*backend, bytes, 2, b));
     DJINN_ASSIGN_OR_RETURN(std::byte * slice_a, pool->allocate(bytes, "bench a"));
     DJINN_ASSIGN_OR_RETURN(std::byte * slice_b, pool->allocate(bytes, "bench b"));
-    std::vector<std::byte> contiguous_a(bytes, std::byte{2}), contiguous_b(bytes, std::byte{3});
+    // The raw baselines: the same bytes as one contiguous copy on the same queues.
+    const CopyRegion raw_out_a{slice_a, a.arena, bytes}, raw_in_a{a.arena, slice_a, bytes}, raw_in_b{b.arena, slice_b, bytes};
+    auto raw = [&](const CopyRegion& region, CopyQueue queue) { (void)backend->copy({&region, 1}, queue); };
     const int repeats = bytes <= (16u << 20) ? 9 : 3;
     std::vector<double> out, in, both, raw_out, raw_in, raw_both, out_copy, in_copy;
-    for (int r = 0; r < repeats; ++r) {
+    for (int r = 0; r < repeats + 1; ++r) {  // the first round warms up and is dropped
+      const bool keep = r > 0;
       SwapStats before = swap.stats();
-      out.push_back(seconds_of([&] { (void)swap.gather(a.spans, slice_a).get(); }));
-      out_copy.push_back(swap.stats().seconds_out - before.seconds_out);
+      const double t_out = seconds_of([&] { (void)swap.gather(a.spans, slice_a).get(); });
+      const double c_out = swap.stats().seconds_out - before.seconds_out;
       before = swap.stats();
-      in.push_back(seconds_of([&] { (void)swap.scatter(slice_a, a.spans).get(); }));
-      in_copy.push_back(swap.stats().seconds_in - before.seconds_in);
-      both.push_back(seconds_of([&] {
+      const double t_in = seconds_of([&] { (void)swap.scatter(slice_a, a.spans).get(); });
+      const double c_in = swap.stats().seconds_in - before.seconds_in;
+      const double t_both = seconds_of([&] {
         SwapTicket t1 = swap.gather(a.spans, slice_a);
         SwapTicket t2 = swap.scatter(slice_b, b.spans);
         (void)t1.get();
         (void)t2.get();
-      }));
-      raw_out.push_back(seconds_of([&] { std::memcpy(slice_a, contiguous_a.data(), bytes); }));
-      raw_in.push_back(seconds_of([&] { std::memcpy(contiguous_a.data(), slice_a, bytes); }));
-      raw_both.push_back(seconds_of([&] {
-        std::thread other([&] { std::memcpy(contiguous_b.data(), slice_b, bytes); });
-        std::memcpy(slice_a, contiguous_a.data(), bytes);
+      });
+      const double t_raw_out = seconds_of([&] { raw(raw_out_a, CopyQueue::kSwapOut); });
+      const double t_raw_in = seconds_of([&] { raw(raw_in_a, CopyQueue::kSwapIn); });
+      const double t_raw_both = seconds_of([&] {
+        std::thread other([&] { raw(raw_in_b, CopyQueue::kSwapIn); });
+        raw(raw_out_a, CopyQueue::kSwapOut);
         other.join();
-      }));
+      });
+      if (!keep) continue;
+      out.push_back(t_out);
+      out_copy.push_back(c_out);
+      in.push_back(t_in);
+      in_copy.push_back(c_in);
+      both.push_back(t_both);
+      raw_out.push_back(t_raw_out);
+      raw_in.push_back(t_raw_in);
+      raw_both.push_back(t_raw_both);
     }
     auto gbps = [&](const std::vector<double>& seconds, double factor) {
       return factor * static_cast<double>(bytes) / percentile(seconds, 50) / 1e9;
@@ -114,15 +146,18 @@ Status bench_swap(const SwapBenchOptions& options) {
     pool->free(slice_b);
   }
   nlohmann::json out = {{"benchmark", "swap"},
-                        {"device", "cpu"},
-                        {"machine", to_json(machine_info())},
+                        {"device", device_name(backend->device())},
+                        {"host_pool", pool->stats_json()},
+                        {"host_pool_create_seconds", pool_seconds},
+                        {"machine", machine_json(device == DeviceKind::kCuda)},
                         {"slots", kSlots},
                         {"rows", rows}};
   if (options.json) {
     std::cout << out.dump(2) << '\n';
     return {};
   }
-  fmt::print("bench swap on cpu ({}): GB/s, median of repeats\n", machine_info().cpu_model);
+  fmt::print("bench swap on {} ({}): GB/s, median of repeats\n", device_name(backend->device()),
+             machine_title(device == DeviceKind::kCuda));
   fmt::print("  {:>10} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>7} {:>7} {:>9} {:>9}\n", "size", "out", "in", "both",
              "raw out", "raw in", "raw both", "out %", "in %", "out copy", "in copy");
   for (const nlohmann::json& r : rows)

@@ -42,7 +42,8 @@ Status serve(ServeOptions options) {
 Command add_serve_command(CLI::App& app) {
   auto options = std::make_shared<ServeOptions>();
   rpc::ServerOptions& s = options->server;
-  s.runtime.host_pool_gb = 1.0;  // swap space by default; reserved (touched) at start
+  s.runtime.host_pool_gb = 1.0;  // swap space by default; reserved at start, made ready in the background
+  s.runtime.host_pool_background = true;
   s.admission_timeout_s = 10;    // a new session waits this long for an arena
   CLI::App* command = app.add_subcommand("serve", "Serve sessions over ZeroMQ until SIGINT / SIGTERM");
   command->add_option("--listen", s.listen, "tcp://host:port, ipc://path or inproc://name (repeatable)");

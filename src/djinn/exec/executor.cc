@@ -154,10 +154,39 @@ Result<std::vector<TensorView>> run_planned_step(Executor& executor, PlanCache& 
   frame.pop();  // frames nest LIFO: the old one goes before the new one is pushed
   const auto start = Clock::now();
   DJINN_ASSIGN_OR_RETURN(std::shared_ptr<const Plan> plan, plans.get(graph, bindings.symbols));
-  DJINN_ASSIGN_OR_RETURN(frame, stack.push(plan->stack_peak_bytes, who));
-  DJINN_RETURN_IF_ERROR(executor.bind(std::move(plan), bindings, frame.base()));
+  Backend& backend = executor.backend();
+  if (backend.host_addressable()) {
+    DJINN_ASSIGN_OR_RETURN(frame, stack.push(plan->stack_peak_bytes, who));
+    DJINN_RETURN_IF_ERROR(executor.bind(std::move(plan), bindings, frame.base()));
+  } else {
+    // Io staging: each io input's bytes go to the frame's tail, 256-byte aligned.
+    constexpr size_t kStagingAlignment = 256;
+    auto align = [](size_t n) { return (n + kStagingAlignment - 1) / kStagingAlignment * kStagingAlignment; };
+    size_t frame_bytes = align(plan->stack_peak_bytes);
+    for (const TensorView& io : bindings.io_inputs) frame_bytes += align(io.nbytes());
+    DJINN_ASSIGN_OR_RETURN(frame, stack.push(frame_bytes, who));
+    std::vector<TensorView> staged(bindings.io_inputs.begin(), bindings.io_inputs.end());
+    std::vector<CopyRegion> uploads;
+    size_t at = align(plan->stack_peak_bytes);
+    for (TensorView& io : staged) {
+      if (!io.is_contiguous()) return invalid_argument("io inputs must be contiguous");
+      uploads.push_back(CopyRegion{frame.base() + at, io.data, io.nbytes()});
+      io.data = frame.base() + at;
+      at += align(io.nbytes());
+    }
+    DJINN_RETURN_IF_ERROR(backend.copy(uploads, CopyQueue::kCompute));
+    GraphBindings on_device = bindings;
+    on_device.io_inputs = staged;
+    DJINN_RETURN_IF_ERROR(executor.bind(std::move(plan), on_device, frame.base()));
+  }
   const auto bound = Clock::now();
   Result<std::vector<TensorView>> outputs = executor.execute();
+  if (outputs.ok()) {
+    const Status finished = backend.synchronize();
+    if (!finished.ok()) outputs = finished;
+  } else {
+    (void)backend.synchronize();  // what was issued must finish before the frame is reused
+  }
   if (timing != nullptr) {
     timing->dispatch_us = std::chrono::duration<double, std::micro>(bound - start).count();
     timing->compute_us = std::chrono::duration<double, std::micro>(Clock::now() - bound).count();

@@ -31,8 +31,10 @@ class Executor {
 
   // `stack_base` holds at least plan->stack_peak_bytes (a StackFrame's base).
   Status bind(std::shared_ptr<const Plan> plan, const GraphBindings& bindings, std::byte* stack_base);
-  // Runs the bound plan. Returns views of the plan's outputs (valid while the frame is).
+  // Runs the bound plan. Returns views of the plan's outputs (valid while the frame is),
+  // in the backend's memory: read them with backend().download after synchronize().
   Result<std::vector<TensorView>> execute();
+  Backend& backend() { return backend_; }
 
  private:
   void build_views();
@@ -59,7 +61,11 @@ struct PlannedStepTiming {
 
 // The planned path of one step, shared by sessions, batched decode and run_graph: the
 // plan from `plans`, a frame of its peak on `stack` (held in `frame`, where the outputs
-// live until it is popped; any frame `frame` held before is popped first), bind, execute.
+// live until it is popped; any frame `frame` held before is popped first), bind, execute,
+// and wait for the backend (synchronize: kernel-reported data errors come back here).
+// The io inputs are host memory; on a backend the host cannot address they are
+// uploaded into the frame, past the plan's peak, before binding. `compute_us` includes
+// the wait, so on a GPU it is the kernels' time, not their launch time.
 Result<std::vector<TensorView>> run_planned_step(Executor& executor, PlanCache& plans, StackSegment& stack,
                                                  const Graph& graph, const GraphBindings& bindings, std::string_view who,
                                                  StackFrame& frame, PlannedStepTiming* timing = nullptr);

@@ -31,8 +31,8 @@ Result<std::unique_ptr<InferenceSession>> InferenceSession::create(std::shared_p
     TensorView view = TensorView::contiguous(nullptr, shape, session->model_->dtype(), LifetimeClass::kKv);
     view.data = backend.allocate(view.nbytes(), kKvAlignment);
     if (view.data == nullptr) return out_of_memory(fmt::format("session KV cache: {} bytes for slot {}", view.nbytes(), slot));
-    std::memset(view.data, 0, view.nbytes());
-    session->kv_.push_back(std::move(view));
+    session->kv_.push_back(view);
+    DJINN_RETURN_IF_ERROR(backend.zero(view.data, view.nbytes()));
   }
   return session;
 }
@@ -233,8 +233,10 @@ Result<ForwardResult> InferenceSession::forward(std::span<const int32_t> tokens,
 
   const TensorView& logits = outputs[0];
   result.rows = logits.dim(0);
-  result.logits.assign(logits.as<const float>(), logits.as<const float>() + logits.numel());
-  result.next_token = outputs[1].as<const int32_t>()[0];
+  result.logits.resize(static_cast<size_t>(logits.numel()));
+  const CopyRegion reads[] = {{result.logits.data(), logits.data, logits.nbytes()},
+                              {&result.next_token, outputs[1].data, sizeof(int32_t)}};
+  DJINN_RETURN_IF_ERROR(backend_.copy(reads, CopyQueue::kCompute));
   frame_.pop();  // planned: the step's activations die with the step
   return result;
 }

@@ -60,6 +60,16 @@ Result<std::vector<TensorView>> Interpreter::run(const Graph& graph, const Graph
   bind_table(graph.weight_values(), bindings.weights);
   bind_table(graph.kv_values(), bindings.kv);
   bind_table(graph.io_inputs(), bindings.io_inputs);
+  if (!backend_.host_addressable()) {  // io inputs are host memory: upload copies
+    for (size_t i = 0; i < graph.io_inputs().size(); ++i) {
+      TensorView& view = views[static_cast<size_t>(graph.io_inputs()[i])];
+      void* device = backend_.allocate(std::max<size_t>(view.nbytes(), 1), kActivationAlignment);
+      if (device == nullptr) return out_of_memory(fmt::format("interpreter: {} bytes for io input {}", view.nbytes(), i));
+      activations_.push_back(device);
+      DJINN_RETURN_IF_ERROR(backend_.upload(device, view.data, view.nbytes()));
+      view.data = device;
+    }
+  }
 
   std::vector<const TensorView*> inputs;
   for (const Node& node : graph.nodes()) {
@@ -78,10 +88,13 @@ Result<std::vector<TensorView>> Interpreter::run(const Graph& graph, const Graph
       activations_.push_back(out.data);
     }
     const Status status = backend_.run_op(node.op, node.attrs, inputs, out, bindings.symbols);
-    if (!status.ok())
+    if (!status.ok()) {
+      (void)backend_.synchronize();
       return Status(status.code(), fmt::format("{} ({} '{}')", status.message(), op_name(node.op), out_value.name));
+    }
     views[static_cast<size_t>(node.output)] = out;
   }
+  DJINN_RETURN_IF_ERROR(backend_.synchronize());
   std::vector<TensorView> outputs;
   for (ValueId id : graph.outputs()) outputs.push_back(views[static_cast<size_t>(id)]);
   return outputs;

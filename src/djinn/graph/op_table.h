@@ -3,7 +3,7 @@
 // `switch (OpKind)` without a default fail to compile until it handles the new op.
 //
 // X(Enum, "name", arity, traits)
-//   arity  number of inputs
+//   arity  number of inputs (-1: variadic, checked by shape inference)
 //   traits bit set of OpTrait
 //
 // Inputs, outputs and attributes per op (shapes row-major, `rows` may be symbolic):
@@ -29,6 +29,13 @@
 //   (Positions come in as data, not as the step's `past` symbol, so that one batched
 //   decode step can serve sessions at different lengths: each session's rows carry
 //   their own positions.)
+//   batched_decode_attention
+//               (q[B, n_heads*head_dim], k_new[B, W], v_new[B, W], pos[B] i32,
+//                k_cache_0, v_cache_0, ..., k_cache_{B-1}, v_cache_{B-1}: each [capacity, W])
+//               n_heads, n_kv_heads, head_dim, scale -> [B, n_heads*head_dim]
+//               one decode step of B sessions at ragged lengths: row b of k_new / v_new is
+//               written to session b's caches at row pos[b] (kv_append), then row b of q
+//               attends over that session's rows [0, pos[b]] (attention). Arity 4 + 2B.
 //   rows        (x[R, N] or x[R]) start, length          -> [length, N] / [length]: rows [start, start+length)
 //               (any dtype)
 //   concat_rows (a[Ra, N], b[Rb, N])                     -> [Ra+Rb, N] (same dtype)
@@ -50,6 +57,7 @@
   X(Slice, "slice", 1, 0)                              \
   X(KvAppend, "kv_append", 3, kWritesKv | kAliasesInput0) \
   X(Attention, "attention", 4, kReadsKv)               \
+  X(BatchedDecodeAttention, "batched_decode_attention", -1, kWritesKv | kReadsKv) \
   X(Rows, "rows", 1, 0)                                \
   X(ConcatRows, "concat_rows", 2, 0)                   \
   X(LastRow, "last_row", 1, 0)                         \

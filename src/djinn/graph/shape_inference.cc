@@ -23,7 +23,7 @@ bool is_positions(const ValueType& t, const Dim& rows) {
 }  // namespace
 
 Result<ValueType> infer_output_type(OpKind op, const OpAttrs& attrs, std::span<const ValueType> in) {
-  if (static_cast<int>(in.size()) != op_arity(op))
+  if (op_arity(op) >= 0 && static_cast<int>(in.size()) != op_arity(op))
     return mismatch(op, in, fmt::format("takes {} inputs, got {}", op_arity(op), in.size()));
   auto float_matrix = [](const ValueType& t) { return is_matrix(t) && is_floating(t.dtype); };
 
@@ -90,6 +90,28 @@ Result<ValueType> infer_output_type(OpKind op, const OpAttrs& attrs, std::span<c
       if (!is_positions(in[3], in[0].shape[0])) return mismatch(op, in, "needs i32 positions[seq]");
       const int64_t nh = attrs.n_heads, nkv = attrs.n_kv_heads, hd = attrs.head_dim;
       constexpr int64_t kMaxHeadsOrDim = int64_t{1} << 20;  // keeps nh * hd far from overflow
+      if (nh <= 0 || nkv <= 0 || hd <= 0 || nh % nkv != 0 || nh > kMaxHeadsOrDim || hd > kMaxHeadsOrDim)
+        return mismatch(op, in, fmt::format("bad heads: n_heads={} n_kv_heads={} head_dim={}", nh, nkv, hd));
+      if (!(in[0].shape[1] == Dim(nh * hd)) || !(in[1].shape[1] == Dim(nkv * hd)))
+        return mismatch(op, in, "widths disagree with heads x head_dim");
+      return ValueType{DType::kF32, in[0].shape};
+    }
+    case OpKind::kBatchedDecodeAttention: {
+      if (in.size() < 6 || in.size() % 2 != 0)
+        return mismatch(op, in, "takes q, k_new, v_new, positions and a K / V cache pair per session");
+      if (!float_matrix(in[0]) || !float_matrix(in[1]) || !float_matrix(in[2]) || !(in[1].shape == in[2].shape) ||
+          in[0].shape[0].is_symbolic() || !(in[1].shape[0] == in[0].shape[0]))
+        return mismatch(op, in, "needs q[B, Hq], k_new[B, Hkv], v_new[B, Hkv] with a constant batch B");
+      if (!is_positions(in[3], in[0].shape[0])) return mismatch(op, in, "needs i32 positions[B]");
+      const auto sessions = static_cast<int64_t>(in.size() - 4) / 2;
+      if (in[0].shape[0].value != sessions)
+        return mismatch(op, in, fmt::format("{} cache pairs for a batch of {}", sessions, in[0].shape[0].value));
+      for (size_t i = 4; i < in.size(); ++i)
+        if (!float_matrix(in[i]) || in[i].dtype != in[4].dtype || !(in[i].shape == in[4].shape) ||
+            !(in[i].shape[1] == in[1].shape[1]))
+          return mismatch(op, in, "every cache must be [capacity, Hkv] of one dtype and shape");
+      const int64_t nh = attrs.n_heads, nkv = attrs.n_kv_heads, hd = attrs.head_dim;
+      constexpr int64_t kMaxHeadsOrDim = int64_t{1} << 20;
       if (nh <= 0 || nkv <= 0 || hd <= 0 || nh % nkv != 0 || nh > kMaxHeadsOrDim || hd > kMaxHeadsOrDim)
         return mismatch(op, in, fmt::format("bad heads: n_heads={} n_kv_heads={} head_dim={}", nh, nkv, hd));
       if (!(in[0].shape[1] == Dim(nh * hd)) || !(in[1].shape[1] == Dim(nkv * hd)))

@@ -33,6 +33,10 @@ double op_flops(const Node& node, const std::vector<Shape>& shapes, const Symbol
       const double total = static_cast<double>(symbols.past + symbols.seq);
       return 4.0 * static_cast<double>(out[0]) * total * static_cast<double>(node.attrs.n_heads * node.attrs.head_dim);
     }
+    case OpKind::kBatchedDecodeAttention: {  // an upper bound: every session at full capacity
+      const double capacity = static_cast<double>(shapes[static_cast<size_t>(node.inputs[4])][0]);
+      return 4.0 * static_cast<double>(out[0]) * capacity * static_cast<double>(node.attrs.n_heads * node.attrs.head_dim);
+    }
     case OpKind::kLayerNorm:
     case OpKind::kRmsNorm:
     case OpKind::kSoftmax:
@@ -141,7 +145,11 @@ Result<Plan> simulate(const Graph& graph, const SymbolBindings& symbols) {
     plan.steps.push_back(plan_step);
     size_t in_bytes = 0;
     for (ValueId in : node.inputs) in_bytes += bytes_of(values[static_cast<size_t>(in)].type, at_bucket);
-    if (op_has_trait(node.op, kWritesKv)) plan.kv_bytes_appended += bytes_of(values[static_cast<size_t>(node.inputs[1])].type, at_bucket);
+    if (op_has_trait(node.op, kWritesKv)) {  // kv_append: new rows in input 1; batched: K and V rows in 1 and 2
+      plan.kv_bytes_appended += bytes_of(values[static_cast<size_t>(node.inputs[1])].type, at_bucket);
+      if (node.op == OpKind::kBatchedDecodeAttention)
+        plan.kv_bytes_appended += bytes_of(values[static_cast<size_t>(node.inputs[2])].type, at_bucket);
+    }
     plan.flops += op_flops(node, shapes, at_bucket);
 
     if (op_has_trait(node.op, kAliasesInput0)) {

@@ -114,6 +114,22 @@ Result<TensorView> find_tensor(const std::vector<SafetensorsFile>& files, const 
                                files.size() == 1 ? files[0].path().string() : "any shard of the checkpoint"));
 }
 
+// Runs `produce` on a host view of `target`'s bytes: `target` itself when its memory is
+// host-addressable (no `upload`), else `staging`, which is then uploaded into it.
+template <typename Produce>
+Status write_weight(const TensorView& target, const WeightUploader& upload, std::vector<std::byte>& staging,
+                    Produce&& produce) {
+  if (!upload) {
+    produce(target);
+    return {};
+  }
+  staging.resize(target.nbytes());
+  TensorView host = target;
+  host.data = staging.data();
+  produce(host);
+  return upload(target.data, staging.data(), staging.size());
+}
+
 }  // namespace
 
 Model::Model(ModelConfig config, DType dtype, bool is_preset)
@@ -153,8 +169,13 @@ Result<std::shared_ptr<const Model>> Model::random(const ModelConfig& config, co
   std::shared_ptr<Model> model(new Model(config, options.dtype, /*is_preset=*/true));
   const std::vector<WeightSpec> specs = model_weight_specs(config);
   DJINN_RETURN_IF_ERROR(model->allocate(specs, options.allocator));
-  for (const WeightSpec& spec : specs)
-    fill_random(model->weights_.at(spec.name), spec.init, config.initializer_range, options.seed, spec.name);
+  std::vector<std::byte> staging;
+  for (const WeightSpec& spec : specs) {
+    const TensorView& target = model->weights_.at(spec.name);
+    DJINN_RETURN_IF_ERROR(write_weight(target, options.upload, staging, [&](const TensorView& host) {
+      fill_random(host, spec.init, config.initializer_range, options.seed, spec.name);
+    }));
+  }
   return std::shared_ptr<const Model>(std::move(model));
 }
 
@@ -166,6 +187,7 @@ Result<std::shared_ptr<const Model>> Model::load_directory(const std::string& di
   const std::vector<WeightSpec> specs = model_weight_specs(config);
   DJINN_RETURN_IF_ERROR(model->allocate(specs, options.allocator));
   std::vector<float> widened;
+  std::vector<std::byte> staging;
   for (const WeightSpec& spec : specs) {
     DJINN_ASSIGN_OR_RETURN(TensorView source, find_tensor(files, config, spec.name));
     if (source.shape != spec.shape)
@@ -175,13 +197,19 @@ Result<std::shared_ptr<const Model>> Model::load_directory(const std::string& di
       return invalid_argument(fmt::format("tensor '{}' is {}, expected a floating dtype", spec.name, dtype_name(source.dtype)));
     const TensorView& target = model->weights_.at(spec.name);
     const auto count = static_cast<size_t>(source.numel());
-    if (source.dtype == target.dtype) {
-      std::memcpy(target.data, source.data, source.nbytes());
-    } else {
-      widened.resize(count);
-      convert_to_f32(source.data, source.dtype, count, widened.data());
-      convert_from_f32(widened.data(), count, target.dtype, target.data);
+    if (source.dtype == target.dtype && options.upload) {
+      DJINN_RETURN_IF_ERROR(options.upload(target.data, source.data, source.nbytes()));  // straight from the mmap
+      continue;
     }
+    DJINN_RETURN_IF_ERROR(write_weight(target, options.upload, staging, [&](const TensorView& host) {
+      if (source.dtype == host.dtype) {
+        std::memcpy(host.data, source.data, source.nbytes());
+      } else {
+        widened.resize(count);
+        convert_to_f32(source.data, source.dtype, count, widened.data());
+        convert_from_f32(widened.data(), count, host.dtype, host.data);
+      }
+    }));
   }
   return std::shared_ptr<const Model>(std::move(model));
 }

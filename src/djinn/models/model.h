@@ -28,11 +28,16 @@ struct WeightStorage {
   std::shared_ptr<void> keepalive;
 };
 using WeightAllocator = std::function<Result<WeightStorage>(size_t bytes, const std::string& model_name)>;
+// Writes `bytes` from host memory into the allocator's memory (e.g. a cudaMemcpy into
+// device memory). Set when the host cannot address that memory: every weight is then
+// built in a host staging buffer and uploaded through it.
+using WeightUploader = std::function<Status(void* dst, const void* host_src, size_t bytes)>;
 
 struct LoadOptions {
   DType dtype = DType::kF32;  // storage dtype of weights and KV cache
   uint64_t seed = 0;          // presets: random weights are a function of (seed, tensor name)
   WeightAllocator allocator;  // where the weights live; empty: plain host memory
+  WeightUploader upload;      // empty: the allocator's memory is host-addressable
 };
 
 class Model {

@@ -45,15 +45,15 @@ ValueId GraphBuilderBase::attend(int64_t layer, ValueId q, ValueId k, ValueId v,
                 attrs);
   };
   if (options_.batch == 1) return one_sequence(q, k, v, out_.positions, 0);
-  // A batched decode step: row b is session b, with its own caches and position.
-  ValueId stacked = -1;
+  // A batched decode step: row b is session b, with its own caches and position; one
+  // op appends every session's row and attends each over its own caches.
+  std::vector<ValueId> inputs = {q, k, v, out_.positions};
   for (int64_t b = 0; b < options_.batch; ++b) {
-    const OpAttrs row{.start = b, .length = 1};
-    const ValueId out = one_sequence(node(OpKind::kRows, {q}, row), node(OpKind::kRows, {k}, row),
-                                     node(OpKind::kRows, {v}, row), node(OpKind::kRows, {out_.positions}, row), b);
-    stacked = b == 0 ? out : node(OpKind::kConcatRows, {stacked, out});
+    const auto [k_cache, v_cache] = kv_caches(layer, b);
+    inputs.push_back(k_cache);
+    inputs.push_back(v_cache);
   }
-  return stacked;
+  return node(OpKind::kBatchedDecodeAttention, std::move(inputs), attrs);
 }
 
 ModelGraph GraphBuilderBase::finish(ValueId final_hidden, ValueId lm_head_weight) {

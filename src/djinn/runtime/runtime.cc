@@ -35,6 +35,7 @@ Result<std::unique_ptr<Runtime>> Runtime::create(const RuntimeOptions& options) 
   vmu_options.capacity_bytes = static_cast<size_t>(options.device_mem_gb * kGiB);
   DJINN_ASSIGN_OR_RETURN(vmu_options.arena_bytes, configured_arena_bytes(options.arena_mb));
   vmu_options.host_pool_bytes = static_cast<size_t>(options.host_pool_gb * kGiB);
+  vmu_options.host_pool_growth = options.host_pool_background ? HostPool::Growth::kBackground : HostPool::Growth::kNow;
   DJINN_ASSIGN_OR_RETURN(std::unique_ptr<Vmu> vmu, Vmu::create(*backend, vmu_options));
   return std::unique_ptr<Runtime>(new Runtime(std::move(backend), std::move(vmu), options.plan_cache_entries));
 }
@@ -42,7 +43,7 @@ Result<std::unique_ptr<Runtime>> Runtime::create(const RuntimeOptions& options) 
 Runtime::Runtime(std::unique_ptr<Backend> backend, std::unique_ptr<Vmu> vmu, size_t plan_cache_entries)
     : backend_(std::move(backend)),
       vmu_(std::move(vmu)),
-      swap_(std::make_unique<SwapManager>(vmu_->host_pool(), vmu_->data())),
+      swap_(std::make_unique<SwapManager>(*backend_, vmu_->host_pool(), vmu_->data())),
       plan_cache_(plan_cache_entries),
       graph_executor_(*backend_),
       batch_executor_(*backend_) {}
@@ -66,6 +67,8 @@ Result<ModelId> Runtime::load_model(const std::string& source, const LoadOptions
     std::byte* data = text->data();
     return WeightStorage{data, std::shared_ptr<void>(std::move(text))};
   };
+  if (!backend_->host_addressable())
+    with_text.upload = [this](void* dst, const void* src, size_t bytes) { return backend_->upload(dst, src, bytes); };
   DJINN_ASSIGN_OR_RETURN(std::shared_ptr<const Model> model, Model::load(source, with_text));
   const ModelId id = next_model_id_++;
   models_.emplace(id, LoadedModel{key, std::move(model), 1});
@@ -227,13 +230,18 @@ Result<std::vector<ForwardResult>> Runtime::decode_batch(std::span<const Session
                                           GraphBindings{step.weights, kv, io, symbols, step.weights_id, 0},
                                           "batched decode", frame, &timing));
 
-  const int64_t vocab = model.config().vocab_size;
+  const auto vocab = static_cast<size_t>(model.config().vocab_size);
+  std::vector<float> logits(sessions.size() * vocab);
+  std::vector<int32_t> next(sessions.size());
+  const CopyRegion reads[] = {{logits.data(), outputs[0].data, outputs[0].nbytes()},
+                              {next.data(), outputs[1].data, outputs[1].nbytes()}};
+  DJINN_RETURN_IF_ERROR(backend_->copy(reads, CopyQueue::kCompute));
   std::vector<ForwardResult> results(sessions.size());
   for (size_t b = 0; b < sessions.size(); ++b) {
-    const float* row = outputs[0].as<const float>() + static_cast<int64_t>(b) * vocab;
-    results[b].logits.assign(row, row + vocab);
+    results[b].logits.assign(logits.begin() + static_cast<std::ptrdiff_t>(b * vocab),
+                             logits.begin() + static_cast<std::ptrdiff_t>((b + 1) * vocab));
     results[b].rows = 1;
-    results[b].next_token = outputs[1].as<const int32_t>()[b];
+    results[b].next_token = next[b];
     results[b].dispatch_us = timing.dispatch_us;
     results[b].compute_us = timing.compute_us;
     sessions[b]->advance_length(1);
@@ -259,12 +267,46 @@ Result<std::vector<HostTensor>> Runtime::run_graph(const Graph& graph, std::span
       case LifetimeClass::kActivation: io.push_back(view); break;
     }
   }
+  // The caller's weight and kv tensors are host memory; a backend the host cannot
+  // address gets device copies of them in a frame of their own (kv copied back after).
+  StackFrame inputs_frame;
+  std::vector<TensorView> host_kv;
+  if (!backend_->host_addressable()) {
+    constexpr size_t kAlignment = 256;
+    auto align = [](size_t n) { return (n + kAlignment - 1) / kAlignment * kAlignment; };
+    size_t bytes = 0;
+    for (const TensorView& view : weights) bytes += align(view.nbytes());
+    for (const TensorView& view : kv) bytes += align(view.nbytes());
+    DJINN_ASSIGN_OR_RETURN(inputs_frame, vmu_->stack().push(bytes, "run_graph inputs"));
+    std::vector<CopyRegion> uploads;
+    size_t at = 0;
+    auto move_to_device = [&](TensorView& view) -> Status {
+      if (!view.is_contiguous()) return invalid_argument("run_graph inputs must be contiguous");
+      uploads.push_back(CopyRegion{inputs_frame.base() + at, view.data, view.nbytes()});
+      view.data = inputs_frame.base() + at;
+      at += align(view.nbytes());
+      return {};
+    };
+    host_kv = kv;
+    for (TensorView& view : weights) DJINN_RETURN_IF_ERROR(move_to_device(view));
+    for (TensorView& view : kv) DJINN_RETURN_IF_ERROR(move_to_device(view));
+    DJINN_RETURN_IF_ERROR(backend_->copy(uploads, CopyQueue::kCompute));
+  }
   StackFrame frame;
   DJINN_ASSIGN_OR_RETURN(std::vector<TensorView> outputs,
                          run_planned_step(graph_executor_, plan_cache_, vmu_->stack(), graph,
                                           GraphBindings{weights, kv, io, symbols}, "run_graph", frame));
+  if (!host_kv.empty()) {
+    std::vector<CopyRegion> downloads;
+    for (size_t i = 0; i < kv.size(); ++i) downloads.push_back(CopyRegion{host_kv[i].data, kv[i].data, kv[i].nbytes()});
+    DJINN_RETURN_IF_ERROR(backend_->copy(downloads, CopyQueue::kCompute));
+  }
   std::vector<HostTensor> results;
-  for (const TensorView& out : outputs) results.push_back(HostTensor::copy_of(out));
+  for (const TensorView& out : outputs) {
+    HostTensor host{out.dtype, out.shape, std::vector<std::byte>(out.nbytes())};
+    DJINN_RETURN_IF_ERROR(backend_->download(host.bytes.data(), out.data, host.bytes.size()));
+    results.push_back(std::move(host));
+  }
   return results;
 }
 

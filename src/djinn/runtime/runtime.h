@@ -36,6 +36,9 @@ struct RuntimeOptions {
   double device_mem_gb = 0;  // VMU cap; 0: the device's free memory minus a reserve
   double arena_mb = 0;       // session arena size; 0: GENIE_VMU_SESSION_ARENA_MB, else per model
   double host_pool_gb = 0;   // swap space reserved in host memory
+  // Make the host pool ready (populated, pinned) in the background after create():
+  // a server with a large pool serves at once (see HostPool).
+  bool host_pool_background = false;
   size_t plan_cache_entries = 64;
 };
 

@@ -3,7 +3,6 @@
 #include <fmt/format.h>
 
 #include <chrono>
-#include <cstring>
 
 #include "djinn/exec/inference_session.h"
 
@@ -17,7 +16,8 @@ nlohmann::json to_json(const SwapStats& s) {
           {"refusals", s.refusals}};
 }
 
-SwapManager::SwapManager(HostPool& pool, DataSegment& data) : pool_(pool), data_(data) {
+SwapManager::SwapManager(Backend& backend, HostPool& pool, DataSegment& data)
+    : backend_(backend), pool_(pool), data_(data) {
   out_.thread = std::thread([this] { run_worker(out_); });
   in_.thread = std::thread([this] { run_worker(in_); });
 }
@@ -61,14 +61,15 @@ SwapTicket SwapManager::enqueue(Worker& worker, std::function<Status()> job) {
 SwapTicket SwapManager::copy(std::vector<ByteSpan> spans, std::byte* slice, bool to_slice) {
   return enqueue(to_slice ? out_ : in_, [this, spans = std::move(spans), slice, to_slice] {
     const auto start = std::chrono::steady_clock::now();
+    std::vector<CopyRegion> regions;
+    regions.reserve(spans.size());
     size_t at = 0;
     for (const ByteSpan& s : spans) {
-      if (to_slice)
-        std::memcpy(slice + at, s.data, s.bytes);
-      else
-        std::memcpy(s.data, slice + at, s.bytes);
+      regions.push_back(to_slice ? CopyRegion{slice + at, s.data, s.bytes} : CopyRegion{s.data, slice + at, s.bytes});
       at += s.bytes;
     }
+    const Status copied = backend_.copy(regions, to_slice ? CopyQueue::kSwapOut : CopyQueue::kSwapIn);
+    if (!copied.ok()) return copied;
     const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     std::lock_guard lock(mutex_);
     ++(to_slice ? stats_.swaps_out : stats_.swaps_in);

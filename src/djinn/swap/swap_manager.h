@@ -26,6 +26,7 @@
 #include <span>
 #include <thread>
 
+#include "djinn/backend/backend.h"
 #include "djinn/core/status.h"
 #include "djinn/vmu/data_segment.h"
 #include "djinn/vmu/host_pool.h"
@@ -52,7 +53,8 @@ nlohmann::json to_json(const SwapStats& stats);
 
 class SwapManager {
  public:
-  SwapManager(HostPool& pool, DataSegment& data);
+  // `backend` does the copies, on its kSwapOut / kSwapIn queues (one worker each).
+  SwapManager(Backend& backend, HostPool& pool, DataSegment& data);
   ~SwapManager();  // finishes queued copies, then joins the worker
   SwapManager(const SwapManager&) = delete;
   SwapManager& operator=(const SwapManager&) = delete;
@@ -83,6 +85,7 @@ class SwapManager {
   SwapTicket copy(std::vector<ByteSpan> spans, std::byte* slice, bool to_slice);
   void run_worker(Worker& worker);
 
+  Backend& backend_;
   HostPool& pool_;
   DataSegment& data_;
   mutable std::mutex mutex_;  // guards both workers' queues, stopping_ and stats_

@@ -103,4 +103,26 @@ Status ExtentAllocator::check_invariants() const {
   return {};
 }
 
+void ExtentAllocator::grow(size_t new_capacity, size_t guard_bytes) {
+  new_capacity = new_capacity / alignment_ * alignment_;
+  guard_bytes = round_up(guard_bytes);
+  DJINN_CHECK(new_capacity >= capacity_ + guard_bytes, "ExtentAllocator::grow from {} to {} (guard {}) would shrink it",
+              capacity_, new_capacity, guard_bytes);
+  const size_t free_end = new_capacity - guard_bytes;
+  if (free_end > capacity_) {
+    size_t start = capacity_;
+    if (!free_.empty()) {
+      auto last = std::prev(free_.end());
+      if (last->first + last->second == capacity_) {  // coalesce with the free tail
+        start = last->first;
+        free_.erase(last);
+      }
+    }
+    free_.emplace(start, free_end - start);
+    free_bytes_ += free_end - capacity_;
+  }
+  if (guard_bytes > 0) allocated_.emplace(free_end, guard_bytes);
+  capacity_ = new_capacity;
+}
+
 }  // namespace djinn

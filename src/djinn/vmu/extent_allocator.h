@@ -27,6 +27,11 @@ class ExtentAllocator {
   std::optional<size_t> allocate(size_t bytes);
   // Returns the extent at `offset` (as returned by allocate). Checks it is one.
   void free(size_t offset);
+  // Extends the range to `new_capacity` (>= capacity(), aligned down); the new bytes
+  // are free, except the last `guard_bytes` (aligned up), which become a live extent
+  // that is never handed out: no extent allocated later spans the old and new ranges'
+  // next boundary.
+  void grow(size_t new_capacity, size_t guard_bytes = 0);
 
   size_t capacity() const { return capacity_; }
   size_t free_bytes() const { return free_bytes_; }

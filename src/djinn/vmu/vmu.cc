@@ -18,7 +18,7 @@ Result<std::unique_ptr<Vmu>> Vmu::create(Backend& backend, const VmuOptions& opt
                                      format_bytes(free_memory), device_name(backend.device())));
   }
   DJINN_ASSIGN_OR_RETURN(std::unique_ptr<VmuRegion> region, VmuRegion::create(backend, capacity));
-  DJINN_ASSIGN_OR_RETURN(std::unique_ptr<HostPool> pool, HostPool::create(options.host_pool_bytes));
+  DJINN_ASSIGN_OR_RETURN(std::unique_ptr<HostPool> pool, HostPool::create(options.host_pool_bytes, &backend, options.host_pool_growth));
   return std::unique_ptr<Vmu>(new Vmu(std::move(region), std::move(pool), options.arena_bytes));
 }
 
@@ -35,7 +35,7 @@ nlohmann::json Vmu::stats_json() const {
           {"text", to_json(text_.stats())},
           {"data", to_json(data_.stats())},
           {"stack", to_json(stack_.stats())},
-          {"host_pool", to_json(host_pool_->stats())}};
+          {"host_pool", host_pool_->stats_json()}};
 }
 
 Status Vmu::check_invariants() const {

@@ -27,6 +27,8 @@ struct VmuOptions {
   size_t reserve_bytes = 0;    // 0: 10 % of free memory, at least 256 MiB, left to everything else
   size_t arena_bytes = 0;      // 0: set per model when the first session opens
   size_t host_pool_bytes = 0;  // swap space in host memory
+  // kBackground: the pool becomes ready (populated, pinned) after create() returns.
+  HostPool::Growth host_pool_growth = HostPool::Growth::kNow;
 };
 
 class Vmu {

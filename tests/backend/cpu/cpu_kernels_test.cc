@@ -959,4 +959,62 @@ TEST(CpuKernelsFinite, EveryOpOnFiniteInputsGivesFiniteOutputs) {
   for (int32_t a : arg) EXPECT_TRUE(a >= 0 && a < cols) << a;
 }
 
+// batched_decode_attention is kv_append + attention per session, each at its own
+// (ragged) position: compare it with exactly that, bit for bit.
+TEST(CpuBatchedDecodeAttention, EqualsPerSessionAppendAndAttendAtRaggedPositions) {
+  for (DType kv_dtype : {DType::kF32, DType::kF16}) {
+    const int64_t batch = 3, n_heads = 4, n_kv_heads = 2, head_dim = 8, capacity = 40;
+    const int64_t hq = n_heads * head_dim, hkv = n_kv_heads * head_dim;
+    OpAttrs attrs;
+    attrs.n_heads = n_heads;
+    attrs.n_kv_heads = n_kv_heads;
+    attrs.head_dim = head_dim;
+    attrs.scale = 0.3f;
+    std::vector<float> q = random_floats(sz(batch * hq), 1), k = random_floats(sz(batch * hkv), 2),
+                       v = random_floats(sz(batch * hkv), 3);
+    std::vector<int32_t> pos = {0, 17, 39};  // first row, middle, last row of the cache
+    // Two copies of every session's caches, pre-filled with the same history.
+    std::vector<Stored> batched, single;
+    for (int64_t i = 0; i < 2 * batch; ++i) {
+      batched.push_back(store(random_floats(sz(capacity * hkv), static_cast<uint32_t>(10 + i)), kv_dtype));
+      single.push_back(batched.back());
+    }
+    std::vector<TensorView> cache_views;
+    for (Stored& c : batched) cache_views.push_back(c.view({capacity, hkv}));
+    std::vector<const TensorView*> caches;
+    for (const TensorView& c : cache_views) caches.push_back(&c);
+    std::vector<float> out(sz(batch * hq), std::nanf(""));
+    ASSERT_TRUE(cpu::batched_decode_attention(f32_view(q, {batch, hq}), f32_view(k, {batch, hkv}), f32_view(v, {batch, hkv}),
+                                              i32_view(pos, {batch}), caches, attrs, f32_view(out, {batch, hq}))
+                    .ok());
+    for (int64_t b = 0; b < batch; ++b) {
+      std::vector<float> qb(q.begin() + b * hq, q.begin() + (b + 1) * hq), kb(k.begin() + b * hkv, k.begin() + (b + 1) * hkv),
+          vb(v.begin() + b * hkv, v.begin() + (b + 1) * hkv), ob(sz(hq));
+      const TensorView kc = single[sz(2 * b)].view({capacity, hkv}), vc = single[sz(2 * b + 1)].view({capacity, hkv});
+      ASSERT_TRUE(cpu::kv_append(kc, f32_view(kb, {1, hkv}), pos[sz(b)]).ok());
+      ASSERT_TRUE(cpu::kv_append(vc, f32_view(vb, {1, hkv}), pos[sz(b)]).ok());
+      ASSERT_TRUE(cpu::attention(f32_view(qb, {1, hq}), kc, vc, attrs, pos[sz(b)], f32_view(ob, {1, hq})).ok());
+      for (int64_t i = 0; i < hq; ++i) EXPECT_EQ(out[sz(b * hq + i)], ob[sz(i)]) << "session " << b << " column " << i;
+      EXPECT_EQ(batched[sz(2 * b)].bits, single[sz(2 * b)].bits);  // the same rows were written
+      EXPECT_EQ(batched[sz(2 * b)].f32, single[sz(2 * b)].f32);
+    }
+  }
+}
+
+TEST(CpuBatchedDecodeAttention, APositionPastCapacityIsOutOfRange) {
+  const int64_t hkv = 8, capacity = 4;
+  OpAttrs attrs;
+  attrs.n_heads = attrs.n_kv_heads = 1;
+  attrs.head_dim = 8;
+  attrs.scale = 1.0f;
+  std::vector<float> q = random_floats(8, 1), k = random_floats(8, 2), v = random_floats(8, 3), out(8);
+  std::vector<float> kc(sz(capacity * hkv)), vc(sz(capacity * hkv));
+  std::vector<int32_t> pos = {4};
+  const TensorView kcv = f32_view(kc, {capacity, hkv}), vcv = f32_view(vc, {capacity, hkv});
+  const TensorView* caches[] = {&kcv, &vcv};
+  const Status s = cpu::batched_decode_attention(f32_view(q, {1, 8}), f32_view(k, {1, 8}), f32_view(v, {1, 8}),
+                                                 i32_view(pos, {1}), caches, attrs, f32_view(out, {1, 8}));
+  EXPECT_EQ(s.code(), StatusCode::kOutOfRange) << s.to_string();
+}
+
 }  // namespace

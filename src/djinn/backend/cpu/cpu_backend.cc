@@ -1,6 +1,7 @@
 #include "djinn/backend/cpu/cpu_backend.h"
 
 #include <cstdlib>
+#include <cstring>
 #include <fstream>
 #include <sstream>
 #include <string>
@@ -32,6 +33,8 @@ Status CpuBackend::run_op(OpKind op, const OpAttrs& a, std::span<const TensorVie
       DJINN_ASSIGN_OR_RETURN(const int64_t past, cpu::past_of(*in[3]));
       return cpu::attention(*in[0], *in[1], *in[2], a, past, out);
     }
+    case OpKind::kBatchedDecodeAttention:
+      return cpu::batched_decode_attention(*in[0], *in[1], *in[2], *in[3], in.subspan(4), a, out);
     case OpKind::kRows: return cpu::rows(*in[0], a.start, a.length, out);
     case OpKind::kConcatRows: return cpu::concat_rows(*in[0], *in[1], out);
     case OpKind::kLastRow: return cpu::last_row(*in[0], out);
@@ -46,6 +49,17 @@ void* CpuBackend::allocate(size_t bytes, size_t alignment) {
 }
 
 void CpuBackend::deallocate(void* pointer) { std::free(pointer); }
+
+Status CpuBackend::copy(std::span<const CopyRegion> regions, CopyQueue /*queue*/) {
+  for (const CopyRegion& r : regions)
+    if (r.bytes > 0) std::memcpy(r.dst, r.src, r.bytes);
+  return {};
+}
+
+Status CpuBackend::zero(void* dst, size_t bytes) {
+  if (bytes > 0) std::memset(dst, 0, bytes);
+  return {};
+}
 
 size_t CpuBackend::free_memory_bytes() const {
   std::ifstream meminfo("/proc/meminfo");

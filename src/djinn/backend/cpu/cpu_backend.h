@@ -6,7 +6,7 @@
 
 namespace djinn {
 
-class CpuBackend final : public Backend {
+class CpuBackend : public Backend {
  public:
   DeviceKind device() const override { return DeviceKind::kCpu; }
   Status run_op(OpKind op, const OpAttrs& attrs, std::span<const TensorView* const> inputs, const TensorView& output,
@@ -14,6 +14,12 @@ class CpuBackend final : public Backend {
   void* allocate(size_t bytes, size_t alignment) override;
   void deallocate(void* pointer) override;
   size_t free_memory_bytes() const override;
+  bool host_addressable() const override { return true; }
+  Status copy(std::span<const CopyRegion> regions, CopyQueue queue) override;
+  Status zero(void* dst, size_t bytes) override;
+  Status synchronize() override { return {}; }
+  Status pin_host(void*, size_t) override { return {}; }
+  void unpin_host(void*) override {}
 };
 
 }  // namespace djinn

@@ -285,6 +285,25 @@ Status concat_rows(const TensorView& a, const TensorView& b, const TensorView& o
   return {};
 }
 
+Status batched_decode_attention(const TensorView& q, const TensorView& k_new, const TensorView& v_new,
+                                const TensorView& positions, std::span<const TensorView* const> caches,
+                                const OpAttrs& attrs, const TensorView& out) {
+  // Row b of a [B, N] tensor as a [1, N] view.
+  auto row = [](const TensorView& x, int64_t b) {
+    return TensorView::contiguous(x.row_ptr(b), {1, x.dim(1)}, x.dtype, x.lifetime);
+  };
+  const auto* pos = positions.as<const int32_t>();
+  for (int64_t b = 0; b < q.dim(0); ++b) {
+    const TensorView& k_cache = *caches[static_cast<size_t>(2 * b)];
+    const TensorView& v_cache = *caches[static_cast<size_t>(2 * b + 1)];
+    const int64_t past = pos[b];
+    DJINN_RETURN_IF_ERROR(kv_append(k_cache, row(k_new, b), past));
+    DJINN_RETURN_IF_ERROR(kv_append(v_cache, row(v_new, b), past));
+    DJINN_RETURN_IF_ERROR(attention(row(q, b), k_cache, v_cache, attrs, past, row(out, b)));
+  }
+  return {};
+}
+
 Result<int64_t> past_of(const TensorView& positions) {
   const int64_t n = positions.dim(0);
   if (n == 0) return int64_t{0};

@@ -7,6 +7,8 @@
 // All views are contiguous, row-major; `out` is pre-allocated.
 #pragma once
 
+#include <span>
+
 #include "djinn/core/shape.h"
 #include "djinn/core/status.h"
 #include "djinn/core/tensor.h"
@@ -31,6 +33,12 @@ Status kv_append(const TensorView& cache, const TensorView& fresh, int64_t past)
 // Causal attention of q[seq, n_heads*head_dim] over cache rows [0, past + seq).
 Status attention(const TensorView& q, const TensorView& k_cache, const TensorView& v_cache, const OpAttrs& attrs,
                  int64_t past, const TensorView& out);
+// One decode step of B sessions (see op_table.h, batched_decode_attention): row b of
+// k_new / v_new goes to caches[2b] / caches[2b + 1] at row positions[b], then row b of
+// q attends over rows [0, positions[b]] of them.
+Status batched_decode_attention(const TensorView& q, const TensorView& k_new, const TensorView& v_new,
+                                const TensorView& positions, std::span<const TensorView* const> caches,
+                                const OpAttrs& attrs, const TensorView& out);
 Status last_row(const TensorView& x, const TensorView& out);
 // out = x rows [start, start + length) (any dtype, rank 1 or 2).
 Status rows(const TensorView& x, int64_t start, int64_t length, const TensorView& out);
