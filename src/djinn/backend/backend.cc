@@ -2,6 +2,9 @@
 
 #include "djinn/backend/cpu/cpu_backend.h"
 #include "djinn/backend/cuda/cuda_device.h"
+#ifdef DJINN_HAVE_CUDA
+#include "djinn/backend/cuda/cuda_backend.h"
+#endif
 
 namespace djinn {
 
@@ -20,8 +23,12 @@ Result<std::unique_ptr<Backend>> make_backend(DeviceKind device) {
       const CudaDeviceInfo info = cuda_device_info();
       if (!info.built) return unimplemented("this djinn was built without CUDA (no nvcc at configure time)");
       if (info.device_count == 0) return not_found(fmt::format("no CUDA device: {}", info.error));
-      return unimplemented(fmt::format("the cuda backend's kernels are not written yet (found {} device(s): {})",
-                                       info.device_count, info.name));
+#ifdef DJINN_HAVE_CUDA
+      DJINN_ASSIGN_OR_RETURN(std::unique_ptr<CudaBackend> cuda, CudaBackend::create());
+      return std::unique_ptr<Backend>(std::move(cuda));
+#else
+      return internal_error("make_backend: a CUDA device was reported by a build without the cuda backend");
+#endif
     }
   }
   return internal_error("make_backend: unknown device");

@@ -1,6 +1,6 @@
 // `djinn bench`: programs that print numbers. Each benchmark measures its baseline in
 // the same run where it has one; nothing here asserts a timing.
-//   decode      prefill time and greedy decode throughput of one model on one session
+//   decode      prefill time and greedy decode throughput (bench_decode.h)
 //   plan-cache  decode dispatch (plan lookup or build + pointer binding) with the
 //               plan cache on, then off (cleared before every token)
 #include <fmt/format.h>
@@ -10,6 +10,7 @@
 #include <iostream>
 #include <nlohmann/json.hpp>
 
+#include "djinn/cli/bench_decode.h"
 #include "djinn/cli/bench_os_tax.h"
 #include "djinn/cli/bench_stats.h"
 #include "djinn/cli/bench_swap.h"
@@ -20,74 +21,6 @@
 
 namespace djinn::cli {
 namespace {
-
-struct DecodeBenchOptions {
-  ModelOptions model;
-  int64_t prompt_len = 128;
-  int64_t n_tokens = 64;
-  int64_t repeats = 3;
-  bool json = false;
-};
-
-
-Status bench_decode(const DecodeBenchOptions& options) {
-  DJINN_ASSIGN_OR_RETURN(LoadedModel loaded, load_model(options.model));
-  const ModelConfig& config = loaded.model->config();
-  const int64_t context = options.prompt_len + options.n_tokens;
-  if (context > config.max_positions)
-    return out_of_range(fmt::format("prompt {} + tokens {} exceeds the model's context {}", options.prompt_len,
-                                    options.n_tokens, config.max_positions));
-  const std::vector<int32_t> prompt = random_token_ids(options.prompt_len, config.vocab_size, options.model.seed);
-
-  // Repeat the whole prefill + decode on fresh sessions; the first run is a warm-up.
-  std::vector<double> prefill_ms, step_ms;
-  for (int64_t repeat = 0; repeat <= options.repeats; ++repeat) {
-    DJINN_ASSIGN_OR_RETURN(SessionId session, loaded.runtime->open_session(loaded.id, context));
-    Result<GenerateResult> generated = loaded.runtime->generate(session, prompt, options.n_tokens + 1);
-    DJINN_RETURN_IF_ERROR(loaded.runtime->close_session(session));
-    DJINN_ASSIGN_OR_RETURN(GenerateResult result, std::move(generated));
-    if (repeat == 0) continue;
-    prefill_ms.push_back(result.prefill_ms);
-    step_ms.insert(step_ms.end(), result.decode_step_ms.begin(), result.decode_step_ms.end());
-  }
-  const double prefill_p50 = percentile(prefill_ms, 50), step_p50 = percentile(step_ms, 50);
-  double step_mean = 0;
-  for (double s : step_ms) step_mean += s;
-  step_mean /= static_cast<double>(std::max<size_t>(1, step_ms.size()));
-
-  nlohmann::json out = {
-      {"benchmark", "decode"},
-      {"machine", to_json(machine_info())},
-      {"device", device_name(loaded.runtime->backend().device())},
-      {"model",
-       {{"name", config.name},
-        {"family", family_name(config.family)},
-        {"dtype", dtype_name(loaded.model->dtype())},
-        {"params", loaded.model->param_count()},
-        {"weight_bytes", loaded.model->weight_bytes()}}},
-      {"prompt_len", options.prompt_len},
-      {"n_tokens", options.n_tokens},
-      {"repeats", options.repeats},
-      {"prefill_ms", prefill_p50},
-      {"prefill_tokens_per_s", static_cast<double>(options.prompt_len) / (prefill_p50 / 1e3)},
-      {"decode_ms_per_token_mean", step_mean},
-      {"decode_ms_per_token_p50", step_p50},
-      {"decode_ms_per_token_p99", percentile(step_ms, 99)},
-      {"decode_tokens_per_s", 1e3 / step_mean},
-      {"samples", {{"prefill_ms", prefill_ms}, {"decode_step_ms", step_ms}}},
-  };
-  if (options.json) {
-    std::cout << out.dump(2) << '\n';
-    return {};
-  }
-  fmt::print("bench decode: {} {} on {} ({})\n", config.name, dtype_name(loaded.model->dtype()),
-             device_name(loaded.runtime->backend().device()), machine_info().cpu_model);
-  fmt::print("  prefill {} tokens: {:.2f} ms p50 ({:.0f} tokens/s)\n", options.prompt_len, prefill_p50,
-             static_cast<double>(options.prompt_len) / (prefill_p50 / 1e3));
-  fmt::print("  decode: {:.3f} ms/token mean, {:.3f} p50, {:.3f} p99 ({:.1f} tokens/s) over {} steps\n", step_mean,
-             step_p50, percentile(step_ms, 99), 1e3 / step_mean, step_ms.size());
-  return {};
-}
 
 struct PlanCacheBenchOptions {
   ModelOptions model;
@@ -251,6 +184,10 @@ Command add_bench_command(CLI::App& app) {
       ->check(CLI::Range(int64_t{1}, int64_t{1} << 20));
   decode_cmd->add_option("--repeats", decode->repeats, "measured repeats after one warm-up (default 3)")
       ->check(CLI::Range(int64_t{1}, int64_t{1000}));
+  decode_cmd->add_option("--batches", decode->batches,
+                         "also time batched decode steps of this many sessions at the same context (e.g. 8,16)")
+      ->delimiter(',')
+      ->check(CLI::Range(int64_t{2}, int64_t{1024}));
   decode_cmd->add_flag("--json", decode->json, "print JSON");
   auto plans = std::make_shared<PlanCacheBenchOptions>();
   CLI::App* plans_cmd = bench->add_subcommand("plan-cache", "Decode dispatch cost with the plan cache on and off");
@@ -268,6 +205,8 @@ Command add_bench_command(CLI::App& app) {
   os_tax_cmd->add_option("--large-iterations", os_tax->large_iterations, "layer and full_forward iterations (default 10)")
       ->check(CLI::Range(1, 100000));
   os_tax_cmd->add_flag("--quick", os_tax->quick, "micro_add only");
+  os_tax_cmd->add_option("--device", os_tax->device, "cpu or cuda (native runtime and server)")
+      ->check(CLI::IsMember({"cpu", "cuda"}));
   os_tax_cmd->add_option("--busy-poll-us", os_tax->busy_poll_us, "server and client busy-poll window (default 0)")
       ->check(CLI::Range(0, 1000000));
   os_tax_cmd->add_flag("--json", os_tax->json, "print JSON");

@@ -117,9 +117,10 @@ Result<std::vector<double>> ping_pong_floor(bool tcp, int iterations) {
 
 class ServerProcess {
  public:
-  static Result<std::unique_ptr<ServerProcess>> start(const std::string& address, int busy_poll_us) {
-    std::vector<std::string> args = {"djinn", "serve", "--listen", address, "--device-mem-gb", "2", "--session-lease-s",
-                                     "3600", "--busy-poll-us", std::to_string(busy_poll_us)};
+  static Result<std::unique_ptr<ServerProcess>> start(const std::string& address, const std::string& device,
+                                                      int busy_poll_us) {
+    std::vector<std::string> args = {"djinn", "serve", "--listen", address, "--device", device, "--device-mem-gb", "2",
+                                     "--session-lease-s", "3600", "--busy-poll-us", std::to_string(busy_poll_us)};
     std::vector<char*> argv;
     for (std::string& a : args) argv.push_back(a.data());
     argv.push_back(nullptr);
@@ -328,7 +329,7 @@ Status bench_os_tax(const OsTaxOptions& options) {
   DJINN_ASSIGN_OR_RETURN(std::vector<double> floor, ping_pong_floor(tcp, options.small_iterations));
 
   const std::string address = tcp ? free_tcp_address() : fmt::format("ipc:///tmp/djinn-os-tax-{}.ipc", ::getpid());
-  DJINN_ASSIGN_OR_RETURN(std::unique_ptr<ServerProcess> server, ServerProcess::start(address, options.busy_poll_us));
+  DJINN_ASSIGN_OR_RETURN(std::unique_ptr<ServerProcess> server, ServerProcess::start(address, options.device, options.busy_poll_us));
   ClientOptions client_options;
   client_options.name = "djinn bench os-tax";
   client_options.timeout_s = 60;
@@ -336,6 +337,7 @@ Status bench_os_tax(const OsTaxOptions& options) {
   DJINN_ASSIGN_OR_RETURN(std::unique_ptr<Client> client, Client::connect(address, client_options));
   RuntimeOptions runtime_options;
   runtime_options.device_mem_gb = 2;
+  runtime_options.device = options.device == "cuda" ? DeviceKind::kCuda : DeviceKind::kCpu;
   DJINN_ASSIGN_OR_RETURN(std::unique_ptr<Runtime> native, Runtime::create(runtime_options));
 
   // The protocol's own round trip: a Hello (decode, reply, no execution).
@@ -360,7 +362,8 @@ Status bench_os_tax(const OsTaxOptions& options) {
 
   const double floor_p50 = percentile(floor, 50);
   nlohmann::json out = {{"benchmark", "os-tax"},
-                        {"machine", to_json(machine_info())},
+                        {"machine", machine_json(options.device == "cuda")},
+                        {"device", options.device},
                         {"transport", options.transport},
                         {"busy_poll_us", options.busy_poll_us},
                         {"hello_us_p50", percentile(hello_us, 50)},

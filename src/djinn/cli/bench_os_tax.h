@@ -9,6 +9,7 @@ namespace djinn::cli {
 
 struct OsTaxOptions {
   std::string transport = "tcp";  // tcp | ipc
+  std::string device = "cpu";     // cpu | cuda: the native Runtime's and the server's
   int small_iterations = 2000;    // micro_add and the floor
   int large_iterations = 10;      // layer and full_forward
   bool quick = false;             // micro_add only

@@ -1,0 +1,517 @@
+#include "djinn/backend/cuda/cuda_backend.h"
+
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+
+#include <climits>
+#include <optional>
+
+#include "djinn/backend/cuda/cuda_kernels.h"
+
+namespace djinn {
+namespace {
+
+Status cuda_status(cudaError_t error, const char* expression) {
+  std::string message = fmt::format("{} failed: {} ({})", expression, cudaGetErrorString(error), cudaGetErrorName(error));
+  if (error == cudaErrorMemoryAllocation) return out_of_memory(std::move(message));
+  return internal_error(std::move(message));
+}
+
+Status cublas_status(cublasStatus_t status, const char* expression) {
+  std::string message = fmt::format("{} failed: {}", expression, cublasGetStatusString(status));
+  if (status == CUBLAS_STATUS_ALLOC_FAILED) return out_of_memory(std::move(message));
+  return internal_error(std::move(message));
+}
+
+}  // namespace
+}  // namespace djinn
+
+// Returns a Status naming `expr` and the CUDA error if `expr` is not cudaSuccess.
+#define DJINN_CUDA_RETURN_IF_ERROR(expr)                                          \
+  do {                                                                            \
+    const cudaError_t djinn_cuda_error_ = (expr);                                 \
+    if (djinn_cuda_error_ != cudaSuccess) return ::djinn::cuda_status(djinn_cuda_error_, #expr); \
+  } while (0)
+
+#define DJINN_CUBLAS_RETURN_IF_ERROR(expr)                                              \
+  do {                                                                                  \
+    const cublasStatus_t djinn_cublas_status_ = (expr);                                 \
+    if (djinn_cublas_status_ != CUBLAS_STATUS_SUCCESS)                                  \
+      return ::djinn::cublas_status(djinn_cublas_status_, #expr);                       \
+  } while (0)
+
+namespace djinn {
+namespace {
+
+// Query rows up to which attention takes the split-K decode kernel even when the
+// tensor-core prefill kernel could run (it needs 64 rows to fill a block).
+constexpr int64_t kMaxDecodeRows = 8;
+
+std::optional<gpu::Dtype> storage_dtype(DType dtype) {
+  switch (dtype) {
+    case DType::kF32: return gpu::Dtype::kF32;
+    case DType::kF16: return gpu::Dtype::kF16;
+    case DType::kBF16: return gpu::Dtype::kBF16;
+    case DType::kI32:
+    case DType::kI64: return std::nullopt;
+  }
+  return std::nullopt;
+}
+
+// Row-major and dense (what the kernels index); views from the executor always are.
+bool dense(const TensorView& t) {
+  if (t.rank() == 1) return t.strides[0] == 1;
+  if (t.rank() == 2) return t.strides[1] == 1 && t.strides[0] == t.shape[1];
+  return t.is_contiguous();
+}
+
+Status unsupported(OpKind op, const TensorView& t, std::string_view what) {
+  return unimplemented(
+      fmt::format("cuda {}: {} ({} {}) is not supported", op_name(op), what, dtype_name(t.dtype), to_string(t.shape)));
+}
+
+// `t` is dense and of dtype f32 (an activation).
+Status check_f32(OpKind op, const TensorView& t, std::string_view what) {
+  if (t.dtype != DType::kF32) return unsupported(op, t, fmt::format("{} must be f32", what));
+  if (!dense(t)) return unsupported(op, t, fmt::format("{} must be dense row-major", what));
+  return {};
+}
+
+// `t` is dense, of a floating storage dtype (weights, caches).
+Result<gpu::Dtype> check_storage(OpKind op, const TensorView& t, std::string_view what) {
+  const std::optional<gpu::Dtype> dtype = storage_dtype(t.dtype);
+  if (!dtype) return unsupported(op, t, fmt::format("{} must be f32, f16 or bf16", what));
+  if (!dense(t)) return unsupported(op, t, fmt::format("{} must be dense row-major", what));
+  return *dtype;
+}
+
+Status check_positions(OpKind op, const TensorView& t) {
+  if (t.dtype != DType::kI32 || t.rank() != 1 || !dense(t)) return unsupported(op, t, "positions must be dense i32[rows]");
+  return {};
+}
+
+// The Status for a data error a kernel recorded.
+Status device_error_status(const gpu::DeviceError& e) {
+  const int64_t a = e.values[0], b = e.values[1], c = e.values[2];
+  switch (e.code) {
+    case gpu::kEmbeddingIdOutOfRange:
+      return out_of_range(fmt::format("embedding: token id {} at row {} is outside the vocabulary [0, {})", a, b, c));
+    case gpu::kRopeNegativePosition: return out_of_range(fmt::format("rope: negative position {} at row {}", a, b));
+    case gpu::kKvAppendPositionOutOfRange:
+      return out_of_range(fmt::format("kv_append: row {} at position {} is outside the kv cache [0, {}) (cache full?)",
+                                      b, a, c));
+    case gpu::kKvAppendNotConsecutive:
+      return invalid_argument(
+          fmt::format("kv_append: positions must be consecutive: row {} is at position {} after {}", b, a, c));
+    case gpu::kAttentionPositionOutOfRange:
+      return out_of_range(fmt::format("attention: row {} at position {} is outside the kv capacity [0, {})", b, a, c));
+    case gpu::kAttentionNotConsecutive:
+      return invalid_argument(
+          fmt::format("attention: positions must be consecutive: row {} is at position {} after {}", b, a, c));
+    default: return internal_error(fmt::format("cuda kernel reported unknown error code {}", e.code));
+  }
+}
+
+}  // namespace
+
+Result<std::unique_ptr<CudaBackend>> CudaBackend::create() {
+  std::unique_ptr<CudaBackend> backend(new CudaBackend());
+  DJINN_RETURN_IF_ERROR(backend->init());
+  return backend;
+}
+
+Status CudaBackend::init() {
+  DJINN_CUDA_RETURN_IF_ERROR(cudaSetDevice(0));
+  DJINN_CUDA_RETURN_IF_ERROR(cudaDeviceGetAttribute(&sm_count_, cudaDevAttrMultiProcessorCount, 0));
+  DJINN_CUDA_RETURN_IF_ERROR(cudaStreamCreateWithFlags(&compute_, cudaStreamNonBlocking));
+  DJINN_CUDA_RETURN_IF_ERROR(cudaStreamCreateWithFlags(&swap_out_, cudaStreamNonBlocking));
+  DJINN_CUDA_RETURN_IF_ERROR(cudaStreamCreateWithFlags(&swap_in_, cudaStreamNonBlocking));
+  DJINN_CUDA_RETURN_IF_ERROR(cudaMalloc(reinterpret_cast<void**>(&error_), sizeof(gpu::DeviceError)));
+  DJINN_CUDA_RETURN_IF_ERROR(cudaMemset(error_, 0, sizeof(gpu::DeviceError)));
+  DJINN_CUDA_RETURN_IF_ERROR(cudaMallocHost(reinterpret_cast<void**>(&error_host_), sizeof(gpu::DeviceError)));
+  *error_host_ = gpu::DeviceError{};
+  DJINN_CUDA_RETURN_IF_ERROR(cudaMalloc(&cublas_workspace_, kCublasWorkspaceBytes));
+  DJINN_CUBLAS_RETURN_IF_ERROR(cublasCreate(&cublas_));
+  // cublasSetStream resets the workspace to cuBLAS's own pool: set the stream first.
+  DJINN_CUBLAS_RETURN_IF_ERROR(cublasSetStream(cublas_, compute_));
+  DJINN_CUBLAS_RETURN_IF_ERROR(cublasSetWorkspace(cublas_, cublas_workspace_, kCublasWorkspaceBytes));
+  // f32 GEMMs stay f32 (no TF32): the golden tests hold logits to 1e-3.
+  DJINN_CUBLAS_RETURN_IF_ERROR(cublasSetMathMode(cublas_, CUBLAS_DEFAULT_MATH));
+  DJINN_CUDA_RETURN_IF_ERROR(cudaDeviceSynchronize());  // the memset is done before any stream runs
+  return {};
+}
+
+CudaBackend::~CudaBackend() {
+  // Nothing may be in flight on what is freed below. Failures here can only be logged.
+  auto check = [](cudaError_t error, const char* what) {
+    if (error != cudaSuccess) spdlog::warn("cuda backend teardown: {}: {}", what, cudaGetErrorString(error));
+  };
+  for (CUstream_st* stream : {compute_, swap_out_, swap_in_})
+    if (stream != nullptr) check(cudaStreamSynchronize(stream), "cudaStreamSynchronize");
+  if (cublas_ != nullptr && cublasDestroy(cublas_) != CUBLAS_STATUS_SUCCESS)
+    spdlog::warn("cuda backend teardown: cublasDestroy failed");
+  if (cublas_workspace_ != nullptr) check(cudaFree(cublas_workspace_), "cudaFree(cublas workspace)");
+  if (workspace_ != nullptr) check(cudaFree(workspace_), "cudaFree(workspace)");
+  if (error_ != nullptr) check(cudaFree(error_), "cudaFree(error record)");
+  if (error_host_ != nullptr) check(cudaFreeHost(error_host_), "cudaFreeHost(error record)");
+  for (CUstream_st* stream : {compute_, swap_out_, swap_in_})
+    if (stream != nullptr) check(cudaStreamDestroy(stream), "cudaStreamDestroy");
+}
+
+// ---------------------------------------------------------------------------------
+// Memory
+// ---------------------------------------------------------------------------------
+
+void* CudaBackend::allocate(size_t bytes, size_t alignment) {
+  constexpr size_t kMallocAlignment = 256;  // what cudaMalloc guarantees
+  if (bytes == 0) bytes = 1;
+  if (alignment <= kMallocAlignment) {
+    void* pointer = nullptr;
+    return cudaMalloc(&pointer, bytes) == cudaSuccess ? pointer : nullptr;
+  }
+  void* raw = nullptr;
+  if (cudaMalloc(&raw, bytes + alignment - kMallocAlignment) != cudaSuccess) return nullptr;
+  const uintptr_t address = reinterpret_cast<uintptr_t>(raw);
+  void* aligned = reinterpret_cast<void*>((address + alignment - 1) / alignment * alignment);
+  if (aligned != raw) {
+    const std::lock_guard<std::mutex> lock(over_aligned_mutex_);
+    over_aligned_[aligned] = raw;
+  }
+  return aligned;
+}
+
+void CudaBackend::deallocate(void* pointer) {
+  if (pointer == nullptr) return;
+  {
+    const std::lock_guard<std::mutex> lock(over_aligned_mutex_);
+    const auto it = over_aligned_.find(pointer);
+    if (it != over_aligned_.end()) {
+      pointer = it->second;
+      over_aligned_.erase(it);
+    }
+  }
+  const cudaError_t error = cudaFree(pointer);
+  if (error != cudaSuccess) spdlog::warn("cuda backend: cudaFree failed: {}", cudaGetErrorString(error));
+}
+
+size_t CudaBackend::free_memory_bytes() const {
+  size_t free_bytes = 0, total_bytes = 0;
+  if (cudaMemGetInfo(&free_bytes, &total_bytes) != cudaSuccess) return 0;
+  return free_bytes;
+}
+
+CUstream_st* CudaBackend::stream_for(CopyQueue queue) const {
+  switch (queue) {
+    case CopyQueue::kCompute: return compute_;
+    case CopyQueue::kSwapOut: return swap_out_;
+    case CopyQueue::kSwapIn: return swap_in_;
+  }
+  return compute_;
+}
+
+Status CudaBackend::copy(std::span<const CopyRegion> regions, CopyQueue queue) {
+  cudaStream_t stream = stream_for(queue);
+  for (const CopyRegion& r : regions)
+    if (r.bytes > 0) DJINN_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(r.dst, r.src, r.bytes, cudaMemcpyDefault, stream));
+  DJINN_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream));
+  return {};
+}
+
+Status CudaBackend::zero(void* dst, size_t bytes) {
+  if (bytes > 0) DJINN_CUDA_RETURN_IF_ERROR(cudaMemsetAsync(dst, 0, bytes, compute_));
+  return {};
+}
+
+Status CudaBackend::synchronize() {
+  DJINN_CUDA_RETURN_IF_ERROR(
+      cudaMemcpyAsync(error_host_, error_, sizeof(gpu::DeviceError), cudaMemcpyDeviceToHost, compute_));
+  DJINN_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(compute_));
+  if (error_host_->code == gpu::kNoDeviceError) return {};
+  const gpu::DeviceError recorded = *error_host_;
+  *error_host_ = gpu::DeviceError{};
+  // Ordered before every later kernel on the compute stream.
+  DJINN_CUDA_RETURN_IF_ERROR(cudaMemsetAsync(error_, 0, sizeof(gpu::DeviceError), compute_));
+  return device_error_status(recorded);
+}
+
+Status CudaBackend::pin_host(void* pointer, size_t bytes) {
+  if (bytes == 0) return {};
+  DJINN_CUDA_RETURN_IF_ERROR(cudaHostRegister(pointer, bytes, cudaHostRegisterDefault));
+  return {};
+}
+
+void CudaBackend::unpin_host(void* pointer) {
+  const cudaError_t error = cudaHostUnregister(pointer);
+  if (error != cudaSuccess) spdlog::warn("cuda backend: cudaHostUnregister failed: {}", cudaGetErrorString(error));
+}
+
+Result<void*> CudaBackend::workspace(size_t bytes) {
+  if (bytes <= workspace_size_) return workspace_;
+  // Kernels issued earlier may still be using the old buffer.
+  DJINN_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(compute_));
+  if (workspace_ != nullptr) DJINN_CUDA_RETURN_IF_ERROR(cudaFree(workspace_));
+  workspace_ = nullptr;
+  workspace_size_ = 0;
+  constexpr size_t kGranule = size_t{1} << 20;
+  const size_t size = (bytes + kGranule - 1) / kGranule * kGranule;
+  DJINN_CUDA_RETURN_IF_ERROR(cudaMalloc(&workspace_, size));
+  workspace_size_ = size;
+  return workspace_;
+}
+
+// ---------------------------------------------------------------------------------
+// Ops
+// ---------------------------------------------------------------------------------
+
+Status CudaBackend::matmul(const TensorView& x, const TensorView& w, bool transpose_b, const TensorView& out) {
+  constexpr OpKind op = OpKind::kMatMul;
+  DJINN_RETURN_IF_ERROR(check_f32(op, x, "x"));
+  DJINN_RETURN_IF_ERROR(check_f32(op, out, "out"));
+  DJINN_ASSIGN_OR_RETURN(const gpu::Dtype w_dtype, check_storage(op, w, "w"));
+  const int64_t m = x.dim(0), k = x.dim(1), n = out.dim(1);
+  if (m == 0 || n == 0) return {};
+  if (k == 0) return zero(out.data, out.nbytes());  // empty sums
+  if (m > INT_MAX || n > INT_MAX || k > INT_MAX) return unsupported(op, x, "dimensions beyond 2^31");
+  // Row-major out[m, n] = x[m, k] . op(w) is column-major out^T[n, m] = op(w)^T . x^T:
+  // w's row-major buffer read column-major is w^T, so op(w)^T is w's buffer itself
+  // (w [k, n]: OP_N, ld n) or its transpose (w [n, k], transpose_b: OP_T, ld k).
+  const cublasOperation_t op_w = transpose_b ? CUBLAS_OP_T : CUBLAS_OP_N;
+  const int mi = static_cast<int>(m), ni = static_cast<int>(n), ki = static_cast<int>(k);
+  const int ld_w = transpose_b ? ki : ni;
+  const float one = 1.0f, zero_value = 0.0f;
+  if (w_dtype == gpu::Dtype::kF32) {
+    DJINN_CUBLAS_RETURN_IF_ERROR(cublasSgemm(cublas_, op_w, CUBLAS_OP_N, ni, mi, ki, &one, w.as<const float>(), ld_w,
+                                             x.as<const float>(), ki, &zero_value, out.as<float>(), ni));
+    return {};
+  }
+  // 16-bit weights: x narrowed to the weight's dtype, then tensor cores with f32
+  // accumulation and an f32 result.
+  const size_t x_bytes = static_cast<size_t>(m * k) * gpu::dtype_bytes(w_dtype);
+  DJINN_ASSIGN_OR_RETURN(void* const x16, workspace(x_bytes));
+  DJINN_CUDA_RETURN_IF_ERROR(gpu::convert_from_f32(x.as<const float>(), x16, w_dtype, m * k, compute_));
+  const cudaDataType_t type = w_dtype == gpu::Dtype::kF16 ? CUDA_R_16F : CUDA_R_16BF;
+  DJINN_CUBLAS_RETURN_IF_ERROR(cublasGemmEx(cublas_, op_w, CUBLAS_OP_N, ni, mi, ki, &one, w.data, type, ld_w, x16, type,
+                                            ki, &zero_value, out.data, CUDA_R_32F, ni, CUBLAS_COMPUTE_32F,
+                                            CUBLAS_GEMM_DEFAULT));
+  return {};
+}
+
+Status CudaBackend::attention(const TensorView& q, const TensorView& k_cache, const TensorView& v_cache,
+                              const TensorView& positions, const OpAttrs& attrs, const TensorView& out) {
+  constexpr OpKind op = OpKind::kAttention;
+  DJINN_RETURN_IF_ERROR(check_f32(op, q, "q"));
+  DJINN_RETURN_IF_ERROR(check_f32(op, out, "out"));
+  DJINN_RETURN_IF_ERROR(check_positions(op, positions));
+  DJINN_ASSIGN_OR_RETURN(const gpu::Dtype kv_dtype, check_storage(op, k_cache, "k_cache"));
+  DJINN_RETURN_IF_ERROR(check_storage(op, v_cache, "v_cache").status());
+  if (v_cache.dtype != k_cache.dtype) return unsupported(op, v_cache, "k and v caches of different dtypes");
+  if (attrs.head_dim > gpu::kMaxAttentionHeadDim)
+    return unsupported(op, q, fmt::format("head_dim {} > {}", attrs.head_dim, gpu::kMaxAttentionHeadDim));
+  const int64_t rows = q.dim(0);
+  if (rows == 0) return {};
+  const gpu::KvCacheLayout layout{kv_dtype, k_cache.dim(0), k_cache.dim(1), k_cache.strides[0]};
+  if (layout.capacity > INT32_MAX) return unsupported(op, k_cache, "a kv capacity beyond 2^31 rows");
+  const gpu::AttentionShape shape{attrs.n_heads, attrs.n_kv_heads, attrs.head_dim, attrs.scale, q.strides[0],
+                                  out.strides[0]};
+  if (rows > kMaxDecodeRows && gpu::attention_prefill_supported(k_cache.data, v_cache.data, layout, shape)) {
+    DJINN_CUDA_RETURN_IF_ERROR(gpu::attention_prefill(q.as<const float>(), k_cache.data, v_cache.data, layout,
+                                                      positions.as<const int32_t>(), rows, shape, out.as<float>(),
+                                                      error_, compute_));
+    return {};
+  }
+  void* scratch = nullptr;
+  if (const size_t bytes = gpu::attention_decode_workspace_bytes(rows, shape, layout, sm_count_); bytes > 0) {
+    DJINN_ASSIGN_OR_RETURN(scratch, workspace(bytes));
+  }
+  DJINN_CUDA_RETURN_IF_ERROR(gpu::attention_decode(q.as<const float>(), k_cache.data, v_cache.data, layout,
+                                                   positions.as<const int32_t>(), rows, shape, out.as<float>(),
+                                                   scratch, sm_count_, error_, compute_));
+  return {};
+}
+
+// One decode step of B sessions: kv_append of row b of k_new / v_new into session b's
+// caches at positions[b], then row b of q attends over rows [0, positions[b]].
+Status CudaBackend::batched_decode_attention(const TensorView& q, const TensorView& k_new, const TensorView& v_new,
+                                             const TensorView& positions, std::span<const TensorView* const> caches,
+                                             const OpAttrs& attrs, const TensorView& out) {
+  constexpr OpKind op = OpKind::kBatchedDecodeAttention;
+  DJINN_RETURN_IF_ERROR(check_f32(op, q, "q"));
+  DJINN_RETURN_IF_ERROR(check_f32(op, k_new, "k_new"));
+  DJINN_RETURN_IF_ERROR(check_f32(op, v_new, "v_new"));
+  DJINN_RETURN_IF_ERROR(check_f32(op, out, "out"));
+  DJINN_RETURN_IF_ERROR(check_positions(op, positions));
+  const int64_t batch = q.dim(0);
+  if (batch == 0) return {};
+  if (caches.size() != static_cast<size_t>(2 * batch))
+    return invalid_argument(fmt::format("cuda {}: {} caches for a batch of {}", op_name(op), caches.size(), batch));
+  if (attrs.head_dim > gpu::kMaxAttentionHeadDim)
+    return unsupported(op, q, fmt::format("head_dim {} > {}", attrs.head_dim, gpu::kMaxAttentionHeadDim));
+  const TensorView& first = *caches[0];
+  DJINN_ASSIGN_OR_RETURN(const gpu::Dtype kv_dtype, check_storage(op, first, "k_cache"));
+  batch_k_caches_.resize(static_cast<size_t>(batch));
+  batch_v_caches_.resize(static_cast<size_t>(batch));
+  for (size_t i = 0; i < caches.size(); ++i) {
+    const TensorView& cache = *caches[i];
+    if (cache.dtype != first.dtype || cache.shape != first.shape || !dense(cache))
+      return unsupported(op, cache, "caches of different dtypes, shapes or layouts");
+    (i % 2 == 0 ? batch_k_caches_ : batch_v_caches_)[i / 2] = cache.data;
+  }
+  const gpu::KvCacheLayout layout{kv_dtype, first.dim(0), first.dim(1), first.strides[0]};
+  if (layout.capacity > INT32_MAX) return unsupported(op, first, "a kv capacity beyond 2^31 rows");
+  const int32_t* pos = positions.as<const int32_t>();
+  DJINN_CUDA_RETURN_IF_ERROR(gpu::kv_append_batched(batch_k_caches_.data(), layout, k_new.as<const float>(),
+                                                    k_new.strides[0], batch, pos, error_, compute_));
+  DJINN_CUDA_RETURN_IF_ERROR(gpu::kv_append_batched(batch_v_caches_.data(), layout, v_new.as<const float>(),
+                                                    v_new.strides[0], batch, pos, error_, compute_));
+  const gpu::AttentionShape shape{attrs.n_heads, attrs.n_kv_heads, attrs.head_dim, attrs.scale, q.strides[0],
+                                  out.strides[0]};
+  void* scratch = nullptr;
+  if (const size_t bytes = gpu::attention_decode_batched_workspace_bytes(batch, shape, layout, sm_count_); bytes > 0) {
+    DJINN_ASSIGN_OR_RETURN(scratch, workspace(bytes));
+  }
+  DJINN_CUDA_RETURN_IF_ERROR(gpu::attention_decode_batched(q.as<const float>(), batch_k_caches_.data(),
+                                                           batch_v_caches_.data(), layout, pos, batch, shape,
+                                                           out.as<float>(), scratch, sm_count_, error_, compute_));
+  return {};
+}
+
+// Rows [start, start + length) of x (any dtype, rank 1 or 2) into out, bytes as they are.
+Status CudaBackend::copy_rows(const TensorView& x, int64_t start, int64_t length, const TensorView& out) {
+  const int64_t total = x.dim(0);
+  if (start < 0 || length < 0 || start > total || length > total - start)
+    return out_of_range(fmt::format("rows [{}, +{}) of a tensor of {} rows", start, length, total));
+  if (!dense(x) || !dense(out)) return unsupported(OpKind::kRows, x, "x and out must be dense");
+  const size_t row_bytes = x.rank() == 1 ? dtype_size(x.dtype) : static_cast<size_t>(x.dim(1)) * dtype_size(x.dtype);
+  const size_t bytes = static_cast<size_t>(length) * row_bytes;
+  if (bytes == 0) return {};
+  DJINN_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(out.data, static_cast<const std::byte*>(x.data) + start * row_bytes,
+                                             bytes, cudaMemcpyDeviceToDevice, compute_));
+  return {};
+}
+
+Status CudaBackend::run_op(OpKind op, const OpAttrs& a, std::span<const TensorView* const> in, const TensorView& out,
+                           const SymbolBindings& /*bindings: positions come from the device instead*/) {
+  switch (op) {
+    case OpKind::kEmbedding: {
+      const TensorView &table = *in[0], &ids = *in[1];
+      DJINN_ASSIGN_OR_RETURN(const gpu::Dtype dtype, check_storage(op, table, "table"));
+      DJINN_RETURN_IF_ERROR(check_positions(op, ids));
+      DJINN_RETURN_IF_ERROR(check_f32(op, out, "out"));
+      DJINN_CUDA_RETURN_IF_ERROR(gpu::embedding(table.data, dtype, table.dim(0), table.dim(1), ids.as<const int32_t>(),
+                                                ids.dim(0), out.as<float>(), error_, compute_));
+      return {};
+    }
+    case OpKind::kMatMul: return matmul(*in[0], *in[1], a.transpose_b, out);
+    case OpKind::kAdd:
+    case OpKind::kMul: {
+      const TensorView &x = *in[0], &y = *in[1];
+      DJINN_RETURN_IF_ERROR(check_f32(op, x, "a"));
+      DJINN_RETURN_IF_ERROR(check_f32(op, out, "out"));
+      DJINN_ASSIGN_OR_RETURN(const gpu::Dtype y_dtype, check_storage(op, y, "b"));
+      const bool broadcast = y.rank() == 1;
+      if (broadcast && op == OpKind::kMul) return unsupported(op, y, "a broadcast b");
+      const gpu::BinaryOp kind = op == OpKind::kAdd ? gpu::BinaryOp::kAdd : gpu::BinaryOp::kMul;
+      DJINN_CUDA_RETURN_IF_ERROR(gpu::binary(kind, x.as<const float>(), y.data, y_dtype, broadcast, x.dim(0), x.dim(1),
+                                             out.as<float>(), compute_));
+      return {};
+    }
+    case OpKind::kLayerNorm: {
+      const TensorView &x = *in[0], &gamma = *in[1], &beta = *in[2];
+      DJINN_RETURN_IF_ERROR(check_f32(op, x, "x"));
+      DJINN_RETURN_IF_ERROR(check_f32(op, out, "out"));
+      DJINN_ASSIGN_OR_RETURN(const gpu::Dtype dtype, check_storage(op, gamma, "gamma"));
+      DJINN_RETURN_IF_ERROR(check_storage(op, beta, "beta").status());
+      if (beta.dtype != gamma.dtype) return unsupported(op, beta, "gamma and beta of different dtypes");
+      DJINN_CUDA_RETURN_IF_ERROR(gpu::layernorm(x.as<const float>(), gamma.data, beta.data, dtype, a.eps, x.dim(0),
+                                                x.dim(1), out.as<float>(), compute_));
+      return {};
+    }
+    case OpKind::kRmsNorm: {
+      const TensorView &x = *in[0], &gamma = *in[1];
+      DJINN_RETURN_IF_ERROR(check_f32(op, x, "x"));
+      DJINN_RETURN_IF_ERROR(check_f32(op, out, "out"));
+      DJINN_ASSIGN_OR_RETURN(const gpu::Dtype dtype, check_storage(op, gamma, "gamma"));
+      DJINN_CUDA_RETURN_IF_ERROR(
+          gpu::rmsnorm(x.as<const float>(), gamma.data, dtype, a.eps, x.dim(0), x.dim(1), out.as<float>(), compute_));
+      return {};
+    }
+    case OpKind::kGeluNew:
+    case OpKind::kSilu: {
+      DJINN_RETURN_IF_ERROR(check_f32(op, *in[0], "x"));
+      DJINN_RETURN_IF_ERROR(check_f32(op, out, "out"));
+      const gpu::UnaryOp kind = op == OpKind::kGeluNew ? gpu::UnaryOp::kGeluNew : gpu::UnaryOp::kSilu;
+      DJINN_CUDA_RETURN_IF_ERROR(gpu::unary(kind, in[0]->as<const float>(), out.as<float>(), in[0]->numel(), compute_));
+      return {};
+    }
+    case OpKind::kRope: {
+      const TensorView &x = *in[0], &positions = *in[1];
+      DJINN_RETURN_IF_ERROR(check_f32(op, x, "x"));
+      DJINN_RETURN_IF_ERROR(check_f32(op, out, "out"));
+      DJINN_RETURN_IF_ERROR(check_positions(op, positions));
+      if (a.head_dim > gpu::kMaxRopeHeadDim)
+        return unsupported(op, x, fmt::format("head_dim {} > {}", a.head_dim, gpu::kMaxRopeHeadDim));
+      DJINN_CUDA_RETURN_IF_ERROR(gpu::rope(x.as<const float>(), positions.as<const int32_t>(), x.dim(0), x.dim(1),
+                                           a.head_dim, a.rope_theta, out.as<float>(), error_, compute_));
+      return {};
+    }
+    case OpKind::kSoftmax: {
+      DJINN_RETURN_IF_ERROR(check_f32(op, *in[0], "x"));
+      DJINN_RETURN_IF_ERROR(check_f32(op, out, "out"));
+      DJINN_CUDA_RETURN_IF_ERROR(
+          gpu::softmax(in[0]->as<const float>(), in[0]->dim(0), in[0]->dim(1), out.as<float>(), compute_));
+      return {};
+    }
+    case OpKind::kSlice: {
+      const TensorView& x = *in[0];
+      DJINN_RETURN_IF_ERROR(check_f32(op, x, "x"));
+      DJINN_RETURN_IF_ERROR(check_f32(op, out, "out"));
+      if (a.start < 0 || a.length < 0 || a.start > x.dim(1) || a.length > x.dim(1) - a.start)
+        return out_of_range(fmt::format("slice: columns [{}, +{}) of {}", a.start, a.length, x.dim(1)));
+      DJINN_CUDA_RETURN_IF_ERROR(
+          gpu::slice(x.as<const float>(), x.dim(0), x.dim(1), a.start, a.length, out.as<float>(), compute_));
+      return {};
+    }
+    case OpKind::kKvAppend: {
+      const TensorView &cache = *in[0], &fresh = *in[1], &positions = *in[2];
+      DJINN_ASSIGN_OR_RETURN(const gpu::Dtype dtype, check_storage(op, cache, "cache"));
+      DJINN_RETURN_IF_ERROR(check_f32(op, fresh, "new"));
+      DJINN_RETURN_IF_ERROR(check_positions(op, positions));
+      const gpu::KvCacheLayout layout{dtype, cache.dim(0), cache.dim(1), cache.strides[0]};
+      DJINN_CUDA_RETURN_IF_ERROR(gpu::kv_append(cache.data, layout, fresh.as<const float>(), fresh.strides[0],
+                                                fresh.dim(0), positions.as<const int32_t>(), error_, compute_));
+      return {};
+    }
+    case OpKind::kAttention: return attention(*in[0], *in[1], *in[2], *in[3], a, out);
+    case OpKind::kBatchedDecodeAttention:
+      return batched_decode_attention(*in[0], *in[1], *in[2], *in[3], in.subspan(4), a, out);
+    case OpKind::kRows: return copy_rows(*in[0], a.start, a.length, out);
+    case OpKind::kConcatRows: {
+      const TensorView &x = *in[0], &y = *in[1];
+      if (!dense(x) || !dense(y) || !dense(out)) return unsupported(op, x, "a, b and out must be dense");
+      if (x.nbytes() > 0)
+        DJINN_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(out.data, x.data, x.nbytes(), cudaMemcpyDeviceToDevice, compute_));
+      if (y.nbytes() > 0)
+        DJINN_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(static_cast<std::byte*>(out.data) + x.nbytes(), y.data, y.nbytes(),
+                                                   cudaMemcpyDeviceToDevice, compute_));
+      return {};
+    }
+    case OpKind::kLastRow: {
+      const TensorView& x = *in[0];
+      if (x.dim(0) == 0) return invalid_argument("last_row of an empty tensor");
+      return copy_rows(x, x.dim(0) - 1, 1, out);
+    }
+    case OpKind::kArgmax: {
+      const TensorView& x = *in[0];
+      DJINN_RETURN_IF_ERROR(check_f32(op, x, "x"));
+      if (out.dtype != DType::kI32 || !dense(out)) return unsupported(op, out, "out must be dense i32");
+      if (x.dim(1) == 0) return invalid_argument("argmax over an empty row");
+      DJINN_CUDA_RETURN_IF_ERROR(gpu::argmax(x.as<const float>(), x.dim(0), x.dim(1), out.as<int32_t>(), compute_));
+      return {};
+    }
+  }
+  return internal_error("cuda backend: unknown op");
+}
+
+}  // namespace djinn

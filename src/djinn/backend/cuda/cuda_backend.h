@@ -1,0 +1,104 @@
+// CudaBackend: runs the op table on CUDA device 0 (kernels in cuda_kernels.h, GEMMs
+// through cuBLAS). Built only with DJINN_CUDA; construct it through make_backend,
+// which first checks that a device exists (CudaBackend::create assumes one).
+//
+// Streams: one non-blocking compute stream (every run_op, zero, copy(kCompute)), and
+// one stream each for copy(kSwapOut) and copy(kSwapIn). The swap streams are not
+// ordered with the compute stream: a caller that swaps out what compute wrote calls
+// synchronize() first, and swaps in before issuing the ops that read it.
+//
+// Errors: every CUDA / cuBLAS call is checked; a failed call becomes a Status naming
+// the call and the CUDA error (out_of_memory for allocation failures, internal_error
+// otherwise). run_op returns the errors knowable on the host (unsupported dtype or
+// layout, bad rows range); errors in the data (token id outside the vocabulary, a
+// position outside the KV cache, non-consecutive positions) are flagged by the
+// kernels on the device and returned by the next synchronize(), once.
+//
+// Memory outside the VMU: besides what callers allocate(), the backend owns
+//  - the cuBLAS workspace (kCublasWorkspaceBytes, allocated at creation);
+//  - its own workspace (workspace_bytes()): f32 activations narrowed to a 16-bit
+//    weight's dtype for the tensor-core GEMMs, and split-K attention partials. It is
+//    allocated on first use and grown (never shrunk) when an op needs more, so in a
+//    steady state no op allocates;
+//  - a 32-byte device error record and its pinned host mirror.
+#pragma once
+
+#include <cstddef>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <vector>
+
+#include "djinn/backend/backend.h"
+
+// Opaque CUDA handles, so that this header needs no CUDA include.
+struct CUstream_st;
+struct cublasContext;
+
+namespace djinn {
+namespace gpu {
+struct DeviceError;
+}
+
+class CudaBackend final : public Backend {
+ public:
+  static constexpr size_t kCublasWorkspaceBytes = size_t{32} << 20;
+
+  // The backend on device 0, its streams, cuBLAS handle and error record ready.
+  static Result<std::unique_ptr<CudaBackend>> create();
+  ~CudaBackend() override;
+  CudaBackend(const CudaBackend&) = delete;
+  CudaBackend& operator=(const CudaBackend&) = delete;
+
+  DeviceKind device() const override { return DeviceKind::kCuda; }
+  Status run_op(OpKind op, const OpAttrs& attrs, std::span<const TensorView* const> inputs, const TensorView& output,
+                const SymbolBindings& bindings) override;
+  // cudaMalloc; an alignment above the 256 bytes cudaMalloc guarantees is met by
+  // over-allocating. Returns nullptr when the device is out of memory.
+  void* allocate(size_t bytes, size_t alignment) override;
+  void deallocate(void* pointer) override;
+  size_t free_memory_bytes() const override;
+  bool host_addressable() const override { return false; }
+  Status copy(std::span<const CopyRegion> regions, CopyQueue queue) override;
+  Status zero(void* dst, size_t bytes) override;
+  Status synchronize() override;
+  Status pin_host(void* pointer, size_t bytes) override;
+  void unpin_host(void* pointer) override;
+
+  // Bytes of the backend's own workspace (see above), excluding the cuBLAS workspace.
+  size_t workspace_bytes() const { return workspace_size_; }
+
+ private:
+  CudaBackend() = default;
+  Status init();
+  // The workspace, at least `bytes` long; growing it waits for the compute stream.
+  Result<void*> workspace(size_t bytes);
+  CUstream_st* stream_for(CopyQueue queue) const;
+
+  Status matmul(const TensorView& x, const TensorView& w, bool transpose_b, const TensorView& out);
+  Status attention(const TensorView& q, const TensorView& k_cache, const TensorView& v_cache,
+                   const TensorView& positions, const OpAttrs& attrs, const TensorView& out);
+  Status batched_decode_attention(const TensorView& q, const TensorView& k_new, const TensorView& v_new,
+                                  const TensorView& positions, std::span<const TensorView* const> caches,
+                                  const OpAttrs& attrs, const TensorView& out);
+  Status copy_rows(const TensorView& x, int64_t start, int64_t length, const TensorView& out);
+
+  int sm_count_ = 0;
+  CUstream_st* compute_ = nullptr;
+  CUstream_st* swap_out_ = nullptr;
+  CUstream_st* swap_in_ = nullptr;
+  cublasContext* cublas_ = nullptr;
+  void* cublas_workspace_ = nullptr;
+  void* workspace_ = nullptr;
+  size_t workspace_size_ = 0;
+  gpu::DeviceError* error_ = nullptr;       // device
+  gpu::DeviceError* error_host_ = nullptr;  // pinned host mirror, read after a sync
+  // batched_decode_attention's cache pointers (host arrays, reused across steps).
+  std::vector<void*> batch_k_caches_, batch_v_caches_;
+
+  // allocate()'s over-aligned blocks: aligned pointer -> what cudaMalloc returned.
+  std::mutex over_aligned_mutex_;
+  std::map<void*, void*> over_aligned_;
+};
+
+}  // namespace djinn
