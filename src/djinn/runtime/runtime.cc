@@ -31,6 +31,13 @@ Result<std::unique_ptr<Runtime>> Runtime::create(const RuntimeOptions& options) 
   if (options.device_mem_gb < 0 || options.arena_mb < 0 || options.host_pool_gb < 0)
     return invalid_argument("memory sizes must not be negative");
   DJINN_ASSIGN_OR_RETURN(std::unique_ptr<Backend> backend, make_backend(options.device));
+  return create(std::move(backend), options);
+}
+
+Result<std::unique_ptr<Runtime>> Runtime::create(std::unique_ptr<Backend> backend, const RuntimeOptions& options) {
+  if (options.device_mem_gb < 0 || options.arena_mb < 0 || options.host_pool_gb < 0)
+    return invalid_argument("memory sizes must not be negative");
+  if (backend == nullptr) return invalid_argument("Runtime::create: no backend");
   VmuOptions vmu_options;
   vmu_options.capacity_bytes = static_cast<size_t>(options.device_mem_gb * kGiB);
   DJINN_ASSIGN_OR_RETURN(vmu_options.arena_bytes, configured_arena_bytes(options.arena_mb));
@@ -277,6 +284,12 @@ Result<std::vector<HostTensor>> Runtime::run_graph(const Graph& graph, std::span
     size_t bytes = 0;
     for (const TensorView& view : weights) bytes += align(view.nbytes());
     for (const TensorView& view : kv) bytes += align(view.nbytes());
+    // The stack grows only while no frame is open: make room for this frame and the
+    // step's (its plan's peak plus the staged io inputs) before pushing either.
+    DJINN_ASSIGN_OR_RETURN(std::shared_ptr<const Plan> plan, plan_cache_.get(graph, symbols));
+    size_t step_bytes = align(plan->stack_peak_bytes);
+    for (const TensorView& view : io) step_bytes += align(view.nbytes());
+    DJINN_RETURN_IF_ERROR(vmu_->stack().reserve(bytes + kAlignment + step_bytes + kAlignment, "run_graph"));
     DJINN_ASSIGN_OR_RETURN(inputs_frame, vmu_->stack().push(bytes, "run_graph inputs"));
     std::vector<CopyRegion> uploads;
     size_t at = 0;

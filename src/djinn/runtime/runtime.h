@@ -48,6 +48,9 @@ using SessionId = int64_t;
 class Runtime {
  public:
   static Result<std::unique_ptr<Runtime>> create(const RuntimeOptions& options);
+  // The same on a backend the caller made (options.device is ignored), e.g. a test
+  // backend.
+  static Result<std::unique_ptr<Runtime>> create(std::unique_ptr<Backend> backend, const RuntimeOptions& options);
   ~Runtime();
 
   Result<ModelId> load_model(const std::string& source, const LoadOptions& options = {});
