@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # On the GPU machine, from the repository root of the copied tree, with bundle/ made
-# by scripts/gpu_bundle.sh: runs every test binary, then the benchmarks, writing a few
-# files (the device, the test verdicts with the tail of any failure, JSON results) to
-# $OUT (default ./gpu-results). One command, everything together.
+# by scripts/gpu_bundle.sh: runs the CUDA tests, then the GPU benchmarks, writing the
+# device, the test verdicts and logs and the JSON results to a folder, packed at the
+# end into $OUT/gpu-results.tar.gz (the device tool returns at most 8 files) beside a
+# summary.txt. One command, everything together.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 repo=$(pwd)
-out="${OUT:-$repo/gpu-results}"
-mkdir -p "$out"
+final="${OUT:-$repo/gpu-results}"
+out=/tmp/djinn-gpu-results
+rm -rf "$out" && mkdir -p "$out" "$final"
 libs=/tmp/djinn-bundle-lib
 mkdir -p "$libs" && tar -C "$libs" -xJf "$repo/bundle/lib.tar.xz"
 export LD_LIBRARY_PATH="$libs/lib:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}"
@@ -30,8 +32,8 @@ for t in bundle/bin/backend_cuda_test; do
 done | tee "$out/tests.txt"
 
 # GPU benchmarks, each with its baseline measured in the same run (see bench_decode.h,
-# bench_swap.cc). DJINN_GPU_BENCH selects a subset: decode13b, gpt2, swap, pool.
-want() { [[ " ${DJINN_GPU_BENCH:-gpt2 decode13b swap pool} " == *" $1 "* ]]; }
+# bench_swap.cc). DJINN_GPU_BENCH selects a subset: gpt2, decode13b, swap, ostax, pool.
+want() { [[ " ${DJINN_GPU_BENCH:-gpt2 decode13b swap ostax pool} " == *" $1 "* ]]; }
 bench() {  # name, then the djinn arguments
   local name=$1; shift
   echo "== $name: djinn $*"
@@ -40,9 +42,15 @@ bench() {  # name, then the djinn arguments
 if want gpt2; then bench bench_decode_gpt2_cuda bench decode --model gpt2 --device cuda --prompt-len 128 --n-tokens 32; fi
 if want decode13b; then
   bench bench_decode_llama13b_cuda bench decode --model llama-2-13b --dtype f16 --device cuda \
-    --prompt-len 2048 --n-tokens 32 --repeats 2 --batches 8,16
+    --prompt-len 2048 --n-tokens 32 --repeats 2 --batches 8,16 --swap-during --host-swap-pool-gb 8
+  # The same decode with step capture (CUDA graphs) off: what replaying a step saves.
+  export DJINN_CUDA_GRAPHS=0
+  bench bench_decode_llama13b_cuda_nographs bench decode --model llama-2-13b --dtype f16 \
+    --device cuda --prompt-len 2048 --n-tokens 32 --repeats 1 --batches 16
+  unset DJINN_CUDA_GRAPHS
 fi
 if want swap; then bench bench_swap_cuda bench swap --device cuda --max-mb 1024; fi
+if want ostax; then bench bench_os_tax_cuda bench os-tax --device cuda --listen tcp; fi
 if want pool; then
   # A server with a 96 GiB pinned host pool: seconds until it answers Stats, and how
   # much of the pool is ready then and later.
@@ -54,7 +62,7 @@ if want pool; then
     sleep 0.1
   done
   echo "serving after $(( ($(date +%s%N) - start) / 1000000 )) ms" | tee "$out/serve96.txt"
-  for i in 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20; do
+  for i in $(seq 1 40); do
     elapsed=$(( ($(date +%s%N) - start) / 1000000 ))
     ready=$("$djinn" client --server tcp://127.0.0.1:5599 stats 2>/dev/null | python3 -c 'import json,sys; p=json.load(sys.stdin)["vmu"]["host_pool"]; print(p["ready_bytes"], p["capacity"], p["ready_seconds"])' 2>&1)
     echo "t=${elapsed}ms ready capacity ready_seconds: $ready" | tee -a "$out/serve96.txt"
@@ -63,12 +71,18 @@ if want pool; then
   kill -INT $server; wait $server
 fi
 for f in "$out"/*.json; do
+  [ -s "$f" ] || continue
   python3 - "$f" <<'PY'
 import json, sys
 d = json.load(open(sys.argv[1]))
 print(sys.argv[1].split("/")[-1], {k: d[k] for k in ("prefill_ms", "decode_ms_per_token_p50", "targets") if k in d})
+s = d.get("decode_during_swaps") or {}
+if s: print("  during swaps", {k: s[k] for k in ("decode_ms_p50_quiet", "decode_ms_p50_during_swaps", "slowdown_pct", "swap_out_gbps", "swap_in_gbps")})
+for r in d.get("rows", []) if d.get("benchmark") == "os-tax" else []: print("  ", r)
 for r in d.get("batched", []): print("  batch", r["batch"], round(r["step_ms_p50"], 3), "ms", round(r.get("pct_of_copy_bandwidth", 0), 1), "%")
-for r in d.get("rows", []): print("  ", r["bytes"], {k: round(v, 1) for k, v in r.items() if k.endswith("gbps")})
+for r in d.get("rows", []) if d.get("benchmark") == "swap" else []: print("  ", r["bytes"], {k: round(v, 1) for k, v in r.items() if k.endswith("gbps")})
 PY
-done
+done 2>&1 | tee "$out/summary.txt"
+tar -C "$out" -czf "$final/gpu-results.tar.gz" .
+cp "$out/summary.txt" "$out/tests.txt" "$final/"
 exit 0

@@ -79,6 +79,20 @@ class Backend {
   virtual Status pin_host(void* pointer, size_t bytes) = 0;
   virtual void unpin_host(void* pointer) = 0;
 
+  // Step capture (CUDA graphs). A backend that supports it records the ops issued on
+  // the compute queue between begin_capture() and end_capture() without running them;
+  // replay() issues them all again in one launch, with the pointers and arguments they
+  // had when captured. The caller replays only while every pointer and shape is as it
+  // was (the executor keys captures by plan and bindings). A backend may invalidate
+  // captures (when memory they reference moves): replay() then returns false and the
+  // caller runs the ops itself. Only the compute thread captures.
+  virtual bool supports_capture() const { return false; }
+  virtual Status begin_capture() { return unimplemented("this backend cannot capture steps"); }
+  virtual Result<uint64_t> end_capture() { return unimplemented("this backend cannot capture steps"); }
+  virtual void abort_capture() {}
+  virtual Result<bool> replay(uint64_t /*capture*/) { return false; }
+  virtual void release_capture(uint64_t /*capture*/) {}
+
   // Convenience wrappers over copy() on the compute queue.
   Status upload(void* device_dst, const void* host_src, size_t bytes) {
     const CopyRegion region{device_dst, host_src, bytes};

@@ -188,6 +188,10 @@ Command add_bench_command(CLI::App& app) {
                          "also time batched decode steps of this many sessions at the same context (e.g. 8,16)")
       ->delimiter(',')
       ->check(CLI::Range(int64_t{2}, int64_t{1024}));
+  decode_cmd->add_flag("--swap-during", decode->swap_during,
+                       "also time decode steps while another session swaps out and in (needs --host-swap-pool-gb)");
+  decode_cmd->add_option("--host-swap-pool-gb", decode->model.host_pool_gb, "host memory reserved for swaps, GiB")
+      ->check(CLI::NonNegativeNumber);
   decode_cmd->add_flag("--json", decode->json, "print JSON");
   auto plans = std::make_shared<PlanCacheBenchOptions>();
   CLI::App* plans_cmd = bench->add_subcommand("plan-cache", "Decode dispatch cost with the plan cache on and off");

@@ -4,6 +4,8 @@
 
 #include <algorithm>
 #include <chrono>
+#include <future>
+#include <optional>
 #include <iostream>
 #include <nlohmann/json.hpp>
 
@@ -107,6 +109,84 @@ Result<nlohmann::json> batched_decode(LoadedModel& loaded, std::span<const int32
   return row;
 }
 
+// Decode steps of one session with and without a swap of another (same-sized)
+// session in flight. The other session is swapped out, then in, again and again;
+// every step is timed and filed under "during" when a copy was in flight for all of it.
+Result<nlohmann::json> decode_during_swaps(LoadedModel& loaded, std::span<const int32_t> prompt, int64_t steps,
+                                           int64_t capacity) {
+  Runtime& runtime = *loaded.runtime;
+  DJINN_ASSIGN_OR_RETURN(SessionId main, runtime.open_session(loaded.id, capacity));
+  DJINN_ASSIGN_OR_RETURN(SessionId other, runtime.open_session(loaded.id, capacity));
+  auto close_both = [&] {
+    (void)runtime.close_session(main);
+    (void)runtime.close_session(other);
+  };
+  Result<ForwardResult> first = runtime.forward(main, prompt);
+  Result<ForwardResult> filled = first.ok() ? runtime.forward(other, prompt) : first;
+  if (!filled.ok()) {
+    close_both();
+    return filled.status();
+  }
+  int32_t token = first->next_token;
+  std::vector<double> quiet_ms, during_ms;
+  std::optional<SwapTicket> in_flight;
+  bool other_is_out = false;
+  const SwapStats before = runtime.swap_manager().stats();
+  const int64_t room = capacity - static_cast<int64_t>(prompt.size()) - 1;  // the main session's context
+  for (int64_t step = 0; step < std::min(4 * steps, room) && static_cast<int64_t>(during_ms.size()) < steps; ++step) {
+    // Odd steps: make sure a copy is in flight; even steps: make sure none is.
+    const bool want_swap = step % 2 == 1;
+    if (!want_swap && in_flight) {
+      in_flight->wait();
+      in_flight.reset();
+      if (Status settled = runtime.settle(other); !settled.ok()) {
+        close_both();
+        return settled;
+      }
+    }
+    if (want_swap && !in_flight) {
+      Result<SwapTicket> started = other_is_out ? runtime.swap_in(other) : runtime.swap_out(other);
+      if (!started.ok()) {
+        close_both();
+        return started.status();
+      }
+      other_is_out = !other_is_out;
+      in_flight = *started;
+    }
+    const auto start = Clock::now();
+    Result<ForwardResult> r = runtime.forward(main, std::span<const int32_t>(&token, 1));
+    const double ms = ms_since(start);
+    if (!r.ok()) {
+      close_both();
+      return r.status();
+    }
+    token = r->next_token;
+    const bool still_copying =
+        in_flight && in_flight->wait_for(std::chrono::seconds(0)) != std::future_status::ready;
+    if (step < 2) continue;  // warm-up
+    if (!want_swap) quiet_ms.push_back(ms);
+    else if (still_copying) during_ms.push_back(ms);  // the copy outlasted the step
+  }
+  if (in_flight) in_flight->wait();
+  (void)runtime.settle(other);
+  const SwapStats after = runtime.swap_manager().stats();
+  close_both();
+  const double quiet = percentile(quiet_ms, 50), during = percentile(during_ms, 50);
+  return nlohmann::json{{"steps_quiet", quiet_ms.size()},
+                        {"steps_during_swaps", during_ms.size()},
+                        {"decode_ms_p50_quiet", quiet},
+                        {"decode_ms_p50_during_swaps", during},
+                        // null when no step overlapped a copy (copies shorter than a step)
+                        {"slowdown_pct", quiet > 0 && !during_ms.empty() ? nlohmann::json(100.0 * (during / quiet - 1.0))
+                                                                          : nlohmann::json()},
+                        {"swaps_out", after.swaps_out - before.swaps_out},
+                        {"swaps_in", after.swaps_in - before.swaps_in},
+                        {"swap_out_gbps", (after.bytes_out - before.bytes_out) / std::max(1e-9, after.seconds_out - before.seconds_out) / 1e9},
+                        {"swap_in_gbps", (after.bytes_in - before.bytes_in) / std::max(1e-9, after.seconds_in - before.seconds_in) / 1e9},
+                        {"samples_quiet_ms", quiet_ms},
+                        {"samples_during_ms", during_ms}};
+}
+
 }  // namespace
 
 Status bench_decode(const DecodeBenchOptions& options) {
@@ -149,6 +229,11 @@ Status bench_decode(const DecodeBenchOptions& options) {
     batched.push_back(std::move(row));
   }
 
+  nlohmann::json swaps;
+  if (options.swap_during) {
+    DJINN_ASSIGN_OR_RETURN(swaps, decode_during_swaps(loaded, prompt, options.n_tokens, context));
+  }
+
   nlohmann::json out = {
       {"benchmark", "decode"},
       {"machine", machine_json(cuda)},
@@ -172,6 +257,7 @@ Status bench_decode(const DecodeBenchOptions& options) {
       {"decode_ms_per_token_p99", percentile(step_ms, 99)},
       {"decode_tokens_per_s", 1e3 / step_mean},
       {"batched", batched},
+      {"decode_during_swaps", swaps},
       {"samples", {{"prefill_ms", prefill_ms}, {"decode_step_ms", step_ms}}},
   };
   if (cuda) {
@@ -198,6 +284,12 @@ Status bench_decode(const DecodeBenchOptions& options) {
     fmt::print("  targets: decode step / bound {:.2f} (bound {:.2f} ms; target <= 1.25), prefill {:.1f}% of GEMM (>= 60%)\n",
                out["targets"]["decode_step_over_bound"].get<double>(), out["targets"]["decode_bound_ms"].get<double>(),
                out["targets"]["prefill_pct_of_gemm"].get<double>());
+  if (options.swap_during && swaps["slowdown_pct"].is_null())
+    fmt::print("  decode with a swap in flight: no step overlapped a copy (copies are shorter than a step)\n");
+  else if (options.swap_during)
+    fmt::print("  decode with a swap in flight: {:.3f} ms p50 vs {:.3f} quiet: {:+.1f}% (target <= 15%; {} swaps out, {} in)\n",
+               swaps["decode_ms_p50_during_swaps"].get<double>(), swaps["decode_ms_p50_quiet"].get<double>(),
+               swaps["slowdown_pct"].get<double>(), swaps["swaps_out"].get<uint64_t>(), swaps["swaps_in"].get<uint64_t>());
   for (const nlohmann::json& row : batched)
     fmt::print("  batched decode x{}: {:.3f} ms/step p50, {:.0f} tokens/s, {:.0f} GB/s{}\n", row["batch"].get<int64_t>(),
                row["step_ms_p50"].get<double>(), row["tokens_per_s"].get<double>(), row["achieved_gbps"].get<double>(),

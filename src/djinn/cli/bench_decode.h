@@ -8,6 +8,10 @@
 //   prefill model FLOPs / time as % of the GEMM throughput         target >= 60 %
 //   batched: (weight bytes + every session's KV bytes) / step time
 //            as % of the copy bandwidth                            target >= 75 %
+// With --swap-during, decode steps also run while another session of the same size
+// is swapped out and in (a copy in flight during the step), beside steps with no swap
+// in flight, measured alternately in the same run: the slowdown is the swaps' cost
+// to compute (target <= 15 %).
 #pragma once
 
 #include <cstdint>
@@ -24,6 +28,7 @@ struct DecodeBenchOptions {
   int64_t n_tokens = 64;
   int64_t repeats = 3;
   std::vector<int64_t> batches;  // batched decode sizes (empty: none)
+  bool swap_during = false;      // time decode steps while another session swaps
   bool json = false;
 };
 

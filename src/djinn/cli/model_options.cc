@@ -26,6 +26,7 @@ Result<LoadedModel> load_model(const ModelOptions& options) {
   runtime_options.device = options.device == "cuda" ? DeviceKind::kCuda : DeviceKind::kCpu;
   runtime_options.device_mem_gb = options.device_mem_gb;
   runtime_options.arena_mb = options.arena_mb;
+  runtime_options.host_pool_gb = options.host_pool_gb;
   DJINN_ASSIGN_OR_RETURN(loaded.runtime, Runtime::create(runtime_options));
   const auto dtype = parse_dtype(options.dtype);
   if (!dtype) return invalid_argument(fmt::format("unknown dtype '{}'", options.dtype));

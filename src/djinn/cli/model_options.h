@@ -21,6 +21,7 @@ struct ModelOptions {
   uint64_t seed = 0;
   double device_mem_gb = 0;  // VMU cap; 0: free memory minus a reserve
   double arena_mb = 0;       // session arena; 0: GENIE_VMU_SESSION_ARENA_MB or the session's need
+  double host_pool_gb = 0;   // swap space in host memory (pinned on cuda)
 };
 
 void add_model_options(CLI::App& command, ModelOptions& options);

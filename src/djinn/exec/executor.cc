@@ -4,6 +4,8 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstdlib>
+#include <string_view>
 
 namespace djinn {
 namespace {
@@ -41,6 +43,23 @@ const char* table_name(Placement kind) {
 }
 
 }  // namespace
+
+Executor::Executor(Backend& backend) : backend_(backend) {
+  const char* env = std::getenv("DJINN_CUDA_GRAPHS");
+  capture_enabled_ = backend.supports_capture() && !(env != nullptr && std::string_view(env) == "0");
+}
+
+Executor::~Executor() {
+  for (const Capture& c : captures_) backend_.release_capture(c.id);
+}
+
+void Executor::set_capture_enabled(bool enabled) {
+  capture_enabled_ = enabled && backend_.supports_capture();
+  if (!capture_enabled_) {
+    for (const Capture& c : captures_) backend_.release_capture(c.id);
+    captures_.clear();
+  }
+}
 
 void Executor::build_views() {
   const Plan& p = *plan_;
@@ -131,8 +150,7 @@ Status Executor::bind(std::shared_ptr<const Plan> plan, const GraphBindings& b, 
   return {};
 }
 
-Result<std::vector<TensorView>> Executor::execute() {
-  DJINN_CHECK(plan_ != nullptr, "execute() before bind()");
+Status Executor::run_steps() {
   const Plan& p = *plan_;
   const std::span<const TensorView* const> all_inputs(input_ptrs_);
   for (size_t s = 0; s < p.steps.size(); ++s) {
@@ -141,6 +159,51 @@ Result<std::vector<TensorView>> Executor::execute() {
                                           views_[static_cast<size_t>(step.output)], symbols_);
     if (!status.ok()) return Status(status.code(), fmt::format("{} (step {}: {})", status.message(), s, op_name(step.op)));
   }
+  return {};
+}
+
+Result<std::vector<TensorView>> Executor::execute() {
+  DJINN_CHECK(plan_ != nullptr, "execute() before bind()");
+  const Plan& p = *plan_;
+  const bool capturable = capture_enabled_ && bound_weights_id_ != 0 && (bound_kv_id_ != 0 || p.n_kv == 0);
+  bool ran = false;
+  if (capturable) {
+    CaptureKey key{plan_.get(), bound_weights_id_, bound_kv_id_, bound_stack_base_, symbols_.seq,
+                   p.key.past_bucket > 0 ? symbols_.past : -1, {}};
+    for (ValueId v : by_kind_[static_cast<size_t>(Placement::kIo)]) key.io.push_back(views_[static_cast<size_t>(v)].data);
+    auto hit = std::find_if(captures_.begin(), captures_.end(), [&](const Capture& c) { return c.key == key; });
+    if (hit != captures_.end()) {
+      DJINN_ASSIGN_OR_RETURN(const bool replayed, backend_.replay(hit->id));
+      if (replayed) {
+        std::rotate(captures_.begin(), hit, hit + 1);
+        ran = true;
+      } else {  // the backend dropped it: run the ops, capture again next time
+        backend_.release_capture(hit->id);
+        captures_.erase(hit);
+      }
+    } else if (key == last_key_) {  // seen twice: capture it, then launch the capture
+      Result<uint64_t> captured = [&]() -> Result<uint64_t> {
+        DJINN_RETURN_IF_ERROR(backend_.begin_capture());
+        const Status steps = run_steps();
+        if (!steps.ok()) {
+          backend_.abort_capture();
+          return steps;
+        }
+        return backend_.end_capture();
+      }();
+      if (captured.ok()) {
+        if (captures_.size() == kMaxCaptures) {
+          backend_.release_capture(captures_.back().id);
+          captures_.pop_back();
+        }
+        captures_.insert(captures_.begin(), Capture{key, plan_, *captured});
+        DJINN_ASSIGN_OR_RETURN(ran, backend_.replay(*captured));
+      }
+      // A failed capture ran nothing: the ops run below, uncaptured.
+    }
+    last_key_ = std::move(key);
+  }
+  if (!ran) DJINN_RETURN_IF_ERROR(run_steps());
   std::vector<TensorView> outputs;
   outputs.reserve(p.outputs.size());
   for (ValueId id : p.outputs) outputs.push_back(views_[static_cast<size_t>(id)]);

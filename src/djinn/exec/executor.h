@@ -11,6 +11,11 @@
 // base or seq changes). A decode
 // step of the same session therefore rebinds two io views: dispatch costs a plan
 // lookup and a few pointer writes, not a walk over the graph.
+// Note [Step capture]: on a backend that can capture steps (CUDA graphs), the second
+// execute() of the same binding state — plan, weight table id, KV table id, frame base,
+// io input memory, symbols — captures the kernels and later ones replay them in one launch, saving a
+// launch per op. Binding states with an unknown table id (0) are never captured:
+// their pointers may change unseen. DJINN_CUDA_GRAPHS=0 turns capture off.
 // Threads: one step at a time per Executor.
 #pragma once
 
@@ -27,7 +32,10 @@ namespace djinn {
 
 class Executor {
  public:
-  explicit Executor(Backend& backend) : backend_(backend) {}
+  explicit Executor(Backend& backend);
+  ~Executor();
+  Executor(const Executor&) = delete;
+  Executor& operator=(const Executor&) = delete;
 
   // `stack_base` holds at least plan->stack_peak_bytes (a StackFrame's base).
   Status bind(std::shared_ptr<const Plan> plan, const GraphBindings& bindings, std::byte* stack_base);
@@ -35,9 +43,27 @@ class Executor {
   // in the backend's memory: read them with backend().download after synchronize().
   Result<std::vector<TensorView>> execute();
   Backend& backend() { return backend_; }
+  void set_capture_enabled(bool enabled);
+  size_t captures() const { return captures_.size(); }
 
  private:
   void build_views();
+  Status run_steps();
+  // What a capture depends on (Note [Step capture]).
+  struct CaptureKey {
+    const Plan* plan = nullptr;
+    uint64_t weights_id = 0, kv_id = 0;
+    std::byte* stack_base = nullptr;
+    int64_t seq = -1, past = -1;
+    std::vector<const void*> io;  // the io inputs' memory (on a device backend: the frame's staging)
+    bool operator==(const CaptureKey&) const = default;
+  };
+  struct Capture {
+    CaptureKey key;
+    std::shared_ptr<const Plan> plan;  // keeps the key's plan address from being reused
+    uint64_t id = 0;
+  };
+  static constexpr size_t kMaxCaptures = 4;
   Status bind_table(Placement kind, std::span<const TensorView> bound, const SymbolBindings& symbols);
 
   Backend& backend_;
@@ -52,6 +78,9 @@ class Executor {
   uint64_t bound_kv_id_ = 0;
   std::byte* bound_stack_base_ = nullptr;
   SymbolBindings symbols_{-1, -1};
+  bool capture_enabled_ = true;
+  std::vector<Capture> captures_;  // most recently used first
+  CaptureKey last_key_;            // the last execute()'s state, captured when seen again
 };
 
 struct PlannedStepTiming {

@@ -89,6 +89,8 @@ class InferenceSession {
   size_t kv_bytes() const;
   // The KV tensors, slot order (layer 0 K, layer 0 V, ...).
   const std::vector<TensorView>& kv() const { return kv_; }
+  // Changes whenever the KV views change (new arena): the executor's binding id.
+  uint64_t kv_id() const { return kv_id_; }
   const SessionArena* arena() const { return resources_.arena.get(); }
 
   // ---- swapping (driven by the SwapManager; the owner thread calls settle_swap) ----

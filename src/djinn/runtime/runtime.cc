@@ -234,7 +234,7 @@ Result<std::vector<ForwardResult>> Runtime::decode_batch(std::span<const Session
   PlannedStepTiming timing;
   DJINN_ASSIGN_OR_RETURN(std::vector<TensorView> outputs,
                          run_planned_step(batch_executor_, plan_cache_, vmu_->stack(), step.graph.graph,
-                                          GraphBindings{step.weights, kv, io, symbols, step.weights_id, 0},
+                                          GraphBindings{step.weights, kv, io, symbols, step.weights_id, batch_kv_id(sessions)},
                                           "batched decode", frame, &timing));
 
   const auto vocab = static_cast<size_t>(model.config().vocab_size);
@@ -254,6 +254,16 @@ Result<std::vector<ForwardResult>> Runtime::decode_batch(std::span<const Session
     sessions[b]->advance_length(1);
   }
   return results;
+}
+
+uint64_t Runtime::batch_kv_id(std::span<InferenceSession* const> sessions) {
+  std::vector<uint64_t> key;
+  key.reserve(sessions.size());
+  for (const InferenceSession* s : sessions) key.push_back(s->kv_id());
+  if (batch_kv_ids_.size() >= kMaxBatchKvIds) batch_kv_ids_.clear();  // ids only need to be unique
+  auto [it, inserted] = batch_kv_ids_.try_emplace(std::move(key), 0);
+  if (inserted) it->second = next_binding_id();
+  return it->second;
 }
 
 Result<std::vector<HostTensor>> Runtime::run_graph(const Graph& graph, std::span<const TensorView> inputs,

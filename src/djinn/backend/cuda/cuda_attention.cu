@@ -27,19 +27,24 @@ using detail::to_f32;
 // Split-K decode
 // =================================================================================
 //
-// Block (row, head, chunk): 128 threads cut into groups of G lanes (G a power of two
-// <= 32); a group reads one key (or value) row at a time, each lane VEC elements per
-// load (16 bytes when aligned, else one element), NPL loads per lane per row. The
-// chunk's keys go in tiles of kDecodeTile: (1) every group computes q.k for its keys
-// of the tile into shared `scores`; (2) the block takes the tile max, rescales its
-// running sums (online softmax) and turns scores into exp(score - max); (3) every
-// group accumulates p * v for its keys into registers. At the end the groups' partial
-// sums meet in shared memory and the block writes either the normalised output (one
-// chunk) or its chunk's (max, sum, weighted V) partial for the combine kernel.
+// Block (unit, chunk), unit = (row, QH consecutive query heads of one kv head): 128
+// threads cut into groups of G lanes (G a power of two <= 32); a group reads one key
+// (and value) row at a time, each lane VEC elements per load (16 bytes when aligned,
+// else one element), NPL loads per lane per row. Each step, every group issues the
+// K and V loads of its U keys at once (2 * U * NPL independent loads per lane), then
+// computes their scores (shuffles within the group), and folds them into its own
+// online softmax (max, sum, weighted V in registers) for each of the QH query heads:
+// the key loop has no block barrier and reads each K / V row once for all QH heads.
+// At the end the groups' states merge, by shuffles within a warp and through shared
+// memory across the warps, into either the normalised output (one chunk) or the
+// chunk's (max, sum, weighted V) partial for the combine kernel.
 
 constexpr int kDecodeThreads = 128;
-constexpr int kDecodeTile = 256;  // keys per tile (shared scores)
-constexpr int kDecodeUnroll = 4;  // keys each group has in flight
+constexpr int kDecodeWarps = kDecodeThreads / 32;
+constexpr int kDecodeUnroll = 4;         // keys per group per step (16-byte loads)
+constexpr int kDecodeBlocksPerSm = 128;  // split the keys until a full cache gives this many blocks per SM
+constexpr int kDecodeMinChunk = 128;     // keys
+constexpr int kDecodeMaxHeadsPerBlock = 4;
 
 struct DecodeParams {
   const float* q;
@@ -51,7 +56,8 @@ struct DecodeParams {
   int64_t kv_stride;  // cache row stride, elements
   const int32_t* positions;
   int n_heads;
-  int group;  // query heads per kv head
+  int units_per_row;  // n_heads / QH
+  int group;          // query heads per kv head
   int head_dim;
   float scale;
   int lanes_per_key;  // G
@@ -75,6 +81,15 @@ template <typename T, int VEC>
 using RawLoad = std::conditional_t<VEC * sizeof(T) == 16, uint4, T>;
 
 template <typename T, int VEC>
+__device__ __forceinline__ RawLoad<T, VEC> load_raw(const T* p) {
+  if constexpr (VEC * sizeof(T) == 16) {
+    return __ldg(reinterpret_cast<const uint4*>(p));
+  } else {
+    return *p;
+  }
+}
+
+template <typename T, int VEC>
 __device__ __forceinline__ void widen(const RawLoad<T, VEC>& raw, float (&f)[VEC]) {
   if constexpr (VEC == 1) {
     f[0] = to_f32(raw);
@@ -94,16 +109,22 @@ __device__ __forceinline__ void widen(const RawLoad<T, VEC>& raw, float (&f)[VEC
   }
 }
 
-template <typename T, int VEC, int NPL, bool kBatched>
+// exp(a - b) for a softmax state's max `a` against a larger max `b` (finite); 0 when
+// `a` is -inf (an empty state).
+__device__ __forceinline__ float rescale_factor(float a, float b) { return a == -INFINITY ? 0.0f : expf(a - b); }
+
+template <typename T, int VEC, int NPL, int QH, bool kBatched>
 __global__ void __launch_bounds__(kDecodeThreads) attention_decode_kernel(const DecodeParams p, const KvTable table) {
   using Raw = RawLoad<T, VEC>;
-  __shared__ float scores[kDecodeTile];
-  __shared__ float scratch[32];
-  __shared__ float group_acc[kDecodeThreads * NPL * VEC];  // [groups][head_dim] >= since head_dim <= G * NPL * VEC
+  constexpr int U = VEC == 1 ? 2 : kDecodeUnroll;  // one-element loads: NPL of them per key already
+  constexpr int kSlice = NPL * VEC;                // elements of a row per lane (>= head_dim / G)
+  __shared__ float warp_acc[kDecodeWarps][QH][32 * kSlice];  // [warp][head][head_dim]
+  __shared__ float warp_ml[kDecodeWarps][QH][2];
 
-  const int row = blockIdx.x / p.n_heads, head = blockIdx.x % p.n_heads, chunk = blockIdx.y;
+  const int row = blockIdx.x / p.units_per_row, unit = blockIdx.x % p.units_per_row, chunk = blockIdx.y;
+  const int head0 = unit * QH;  // first query head of this block
   const int32_t pos = p.positions[row];
-  const bool reporter = threadIdx.x == 0 && head == 0 && chunk == 0;  // one block per row reports
+  const bool reporter = threadIdx.x == 0 && unit == 0 && chunk == 0;  // one block per row reports
   if (pos < 0 || pos >= p.capacity) {
     if (reporter) report_error(p.error, kAttentionPositionOutOfRange, pos, p.row_offset + row, p.capacity);
     return;
@@ -117,170 +138,239 @@ __global__ void __launch_bounds__(kDecodeThreads) attention_decode_kernel(const 
 
   const int G = p.lanes_per_key, lane = threadIdx.x & (G - 1), grp = threadIdx.x / G;
   const int n_groups = kDecodeThreads / G, nvec = p.head_dim / VEC;
-  const int64_t kv_offset = static_cast<int64_t>(head / p.group) * p.head_dim;
+  const int64_t kv_offset = static_cast<int64_t>(head0 / p.group) * p.head_dim;
   const T* k_base = static_cast<const T*>(kBatched ? table.k[row] : p.k_cache) + kv_offset;
   const T* v_base = static_cast<const T*>(kBatched ? table.v[row] : p.v_cache) + kv_offset;
 
-  float qv[NPL][VEC], acc[NPL][VEC];
-  const float* q_row = p.q + row * p.q_stride + static_cast<int64_t>(head) * p.head_dim;
+  float qv[QH][NPL][VEC], acc[QH][NPL][VEC], m[QH], l[QH];
 #pragma unroll
-  for (int v = 0; v < NPL; ++v) {
-    const int j = lane + v * G;
+  for (int h = 0; h < QH; ++h) {
+    const float* q_row = p.q + row * p.q_stride + static_cast<int64_t>(head0 + h) * p.head_dim;
+    m[h] = -INFINITY;  // this group's running max and sum (every lane of the group holds them)
+    l[h] = 0.0f;
 #pragma unroll
-    for (int e = 0; e < VEC; ++e) {
-      qv[v][e] = j < nvec ? q_row[j * VEC + e] : 0.0f;
-      acc[v][e] = 0.0f;
+    for (int v = 0; v < NPL; ++v) {
+      const int j = lane + v * G;
+#pragma unroll
+      for (int e = 0; e < VEC; ++e) {
+        qv[h][v][e] = j < nvec ? q_row[j * VEC + e] : 0.0f;
+        acc[h][v][e] = 0.0f;
+      }
     }
   }
-  float running_max = -INFINITY;  // block-uniform
-  float my_sum = 0.0f;            // this thread's share of the softmax denominator
 
-  for (int tile = key_begin; tile < key_end; tile += kDecodeTile) {
-    const int n = min(kDecodeTile, key_end - tile);
-    // (1) scores. The loop bounds are warp-uniform, so the shuffles below are too.
-    for (int base = 0; base < n; base += n_groups * kDecodeUnroll) {
-      Raw raw[kDecodeUnroll][NPL];
+  // The bounds are block-uniform, so every lane reaches the shuffles.
+  for (int base = key_begin; base < key_end; base += n_groups * U) {
+    Raw kr[U][NPL], vr[U][NPL];
 #pragma unroll
-      for (int u = 0; u < kDecodeUnroll; ++u) {
-        const int t = base + u * n_groups + grp;
-        const T* key = k_base + static_cast<int64_t>(tile + t) * p.kv_stride;
+    for (int u = 0; u < U; ++u) {
+      const int key = base + u * n_groups + grp;
+      const int64_t offset = static_cast<int64_t>(key) * p.kv_stride;
 #pragma unroll
-        for (int v = 0; v < NPL; ++v) {
-          const int j = lane + v * G;
-          raw[u][v] = t < n && j < nvec ? *reinterpret_cast<const Raw*>(key + j * VEC) : Raw{};
-        }
-      }
-#pragma unroll
-      for (int u = 0; u < kDecodeUnroll; ++u) {
-        float dot = 0.0f;
-#pragma unroll
-        for (int v = 0; v < NPL; ++v) {
-          float f[VEC];
-          widen<T, VEC>(raw[u][v], f);
-#pragma unroll
-          for (int e = 0; e < VEC; ++e) dot += qv[v][e] * f[e];
-        }
-        for (int offset = G / 2; offset > 0; offset >>= 1) dot += __shfl_xor_sync(kFullMask, dot, offset);
-        const int t = base + u * n_groups + grp;
-        if (lane == 0 && t < n) scores[t] = dot * p.scale;
+      for (int v = 0; v < NPL; ++v) {
+        const int j = lane + v * G;
+        const bool ok = key < key_end && j < nvec;
+        kr[u][v] = ok ? load_raw<T, VEC>(k_base + offset + j * VEC) : Raw{};
+        vr[u][v] = ok ? load_raw<T, VEC>(v_base + offset + j * VEC) : Raw{};
       }
     }
-    __syncthreads();
-    // (2) online softmax over the tile.
-    float tile_max = -INFINITY;
-    for (int i = threadIdx.x; i < n; i += kDecodeThreads) tile_max = fmaxf(tile_max, scores[i]);
-    tile_max = block_reduce(tile_max, MaxOp{}, -INFINITY, scratch);
-    const float new_max = fmaxf(running_max, tile_max);
-    const float rescale = expf(running_max - new_max);  // 0 on the first tile
-    running_max = new_max;
-    my_sum *= rescale;
-    for (int i = threadIdx.x; i < n; i += kDecodeThreads) {
-      const float e = expf(scores[i] - new_max);
-      scores[i] = e;
-      my_sum += e;
-    }
+    float s[QH][U];
 #pragma unroll
-    for (int v = 0; v < NPL; ++v)
+    for (int u = 0; u < U; ++u) {
+      float dot[QH];
 #pragma unroll
-      for (int e = 0; e < VEC; ++e) acc[v][e] *= rescale;
-    __syncthreads();
-    // (3) acc += p * v for this group's keys.
-    for (int base = 0; base < n; base += n_groups * kDecodeUnroll) {
-      Raw raw[kDecodeUnroll][NPL];
+      for (int h = 0; h < QH; ++h) dot[h] = 0.0f;
 #pragma unroll
-      for (int u = 0; u < kDecodeUnroll; ++u) {
-        const int t = base + u * n_groups + grp;
-        const T* value = v_base + static_cast<int64_t>(tile + t) * p.kv_stride;
+      for (int v = 0; v < NPL; ++v) {
+        float f[VEC];
+        widen<T, VEC>(kr[u][v], f);
 #pragma unroll
-        for (int v = 0; v < NPL; ++v) {
-          const int j = lane + v * G;
-          raw[u][v] = t < n && j < nvec ? *reinterpret_cast<const Raw*>(value + j * VEC) : Raw{};
-        }
+        for (int h = 0; h < QH; ++h)
+#pragma unroll
+          for (int e = 0; e < VEC; ++e) dot[h] += qv[h][v][e] * f[e];
       }
+      const bool valid = base + u * n_groups + grp < key_end;
 #pragma unroll
-      for (int u = 0; u < kDecodeUnroll; ++u) {
-        const int t = base + u * n_groups + grp;
-        if (t >= n) continue;  // raw is zero there, but never multiply what was not read
-        const float prob = scores[t];
-#pragma unroll
-        for (int v = 0; v < NPL; ++v) {
-          float f[VEC];
-          widen<T, VEC>(raw[u][v], f);
-#pragma unroll
-          for (int e = 0; e < VEC; ++e) acc[v][e] += prob * f[e];
-        }
+      for (int h = 0; h < QH; ++h) {
+        for (int offset = G / 2; offset > 0; offset >>= 1) dot[h] += __shfl_xor_sync(kFullMask, dot[h], offset);
+        s[h][u] = valid ? dot[h] * p.scale : -INFINITY;
       }
     }
-    __syncthreads();  // scores are rewritten by the next tile
+#pragma unroll
+    for (int h = 0; h < QH; ++h) {
+      float step_max = s[h][0];
+#pragma unroll
+      for (int u = 1; u < U; ++u) step_max = fmaxf(step_max, s[h][u]);
+      const float new_max = fmaxf(m[h], step_max);
+      if (new_max == -INFINITY) continue;  // no key of this group yet (group-uniform)
+      const float rescale = rescale_factor(m[h], new_max);
+      m[h] = new_max;
+      l[h] *= rescale;
+#pragma unroll
+      for (int v = 0; v < NPL; ++v)
+#pragma unroll
+        for (int e = 0; e < VEC; ++e) acc[h][v][e] *= rescale;
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        s[h][u] = expf(s[h][u] - new_max);  // 0 for keys past the chunk
+        l[h] += s[h][u];
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      if (base + u * n_groups + grp >= key_end) continue;  // never multiply what was not read
+#pragma unroll
+      for (int v = 0; v < NPL; ++v) {
+        float f[VEC];
+        widen<T, VEC>(vr[u][v], f);
+#pragma unroll
+        for (int h = 0; h < QH; ++h)
+#pragma unroll
+          for (int e = 0; e < VEC; ++e) acc[h][v][e] += s[h][u] * f[e];
+      }
+    }
   }
 
-  const float sum = block_reduce(my_sum, SumOp{}, 0.0f, scratch);
+  // Merge the groups of each warp (lanes G apart), then the warps through shared memory.
+  for (int offset = G; offset < 32; offset <<= 1) {
 #pragma unroll
-  for (int v = 0; v < NPL; ++v) {
-    const int j = lane + v * G;
-    if (j < nvec)
+    for (int h = 0; h < QH; ++h) {
+      const float m_other = __shfl_xor_sync(kFullMask, m[h], offset);
+      const float l_other = __shfl_xor_sync(kFullMask, l[h], offset);
+      const float new_max = fmaxf(m[h], m_other);
+      const float mine = new_max == -INFINITY ? 0.0f : rescale_factor(m[h], new_max);
+      const float theirs = new_max == -INFINITY ? 0.0f : rescale_factor(m_other, new_max);
+      m[h] = new_max;
+      l[h] = l[h] * mine + l_other * theirs;
 #pragma unroll
-      for (int e = 0; e < VEC; ++e) group_acc[grp * p.head_dim + j * VEC + e] = acc[v][e];
+      for (int v = 0; v < NPL; ++v)
+#pragma unroll
+        for (int e = 0; e < VEC; ++e)
+          acc[h][v][e] = acc[h][v][e] * mine + __shfl_xor_sync(kFullMask, acc[h][v][e], offset) * theirs;
+    }
+  }
+  const int warp = threadIdx.x / 32;
+  if (threadIdx.x % 32 < G) {  // the warp's first group holds the merged state
+#pragma unroll
+    for (int h = 0; h < QH; ++h) {
+#pragma unroll
+      for (int v = 0; v < NPL; ++v) {
+        const int j = lane + v * G;
+        if (j < nvec)
+#pragma unroll
+          for (int e = 0; e < VEC; ++e) warp_acc[warp][h][j * VEC + e] = acc[h][v][e];
+      }
+      if (lane == 0) {
+        warp_ml[warp][h][0] = m[h];
+        warp_ml[warp][h][1] = l[h];
+      }
+    }
   }
   __syncthreads();
-  const int64_t slot = static_cast<int64_t>(blockIdx.x) * p.num_chunks + chunk;
-  for (int d = threadIdx.x; d < p.head_dim; d += kDecodeThreads) {
-    float total = 0.0f;
-    for (int g = 0; g < n_groups; ++g) total += group_acc[g * p.head_dim + d];
-    if (p.num_chunks == 1) p.out[row * p.out_stride + static_cast<int64_t>(head) * p.head_dim + d] = total / sum;
-    else p.partial_acc[slot * p.head_dim + d] = total;
-  }
-  if (p.num_chunks > 1 && threadIdx.x == 0) {
-    p.partial_ml[2 * slot] = running_max;
-    p.partial_ml[2 * slot + 1] = sum;
+  for (int i = threadIdx.x; i < QH * p.head_dim; i += kDecodeThreads) {
+    const int h = i / p.head_dim, d = i % p.head_dim;
+    float max_all = -INFINITY;
+#pragma unroll
+    for (int w = 0; w < kDecodeWarps; ++w) max_all = fmaxf(max_all, warp_ml[w][h][0]);  // finite: >= 1 key
+    float total = 0.0f, sum = 0.0f;
+#pragma unroll
+    for (int w = 0; w < kDecodeWarps; ++w) {
+      const float weight = rescale_factor(warp_ml[w][h][0], max_all);
+      total += weight * warp_acc[w][h][d];
+      sum += weight * warp_ml[w][h][1];
+    }
+    const int head = head0 + h;
+    if (p.num_chunks == 1) {
+      p.out[row * p.out_stride + static_cast<int64_t>(head) * p.head_dim + d] = total / sum;
+    } else {
+      const int64_t slot = (static_cast<int64_t>(row) * p.n_heads + head) * p.num_chunks + chunk;
+      p.partial_acc[slot * p.head_dim + d] = total;
+      if (d == 0) {
+        p.partial_ml[2 * slot] = max_all;
+        p.partial_ml[2 * slot + 1] = sum;
+      }
+    }
   }
 }
 
 // One block per (row, head): out = sum_c w_c acc_c / sum_c w_c sum_c, w_c = exp(max_c - max).
 __global__ void __launch_bounds__(kDecodeThreads) attention_combine_kernel(const DecodeParams p) {
+  __shared__ float weight[kMaxDecodeChunks];
+  __shared__ float denominator;
   const int row = blockIdx.x / p.n_heads, head = blockIdx.x % p.n_heads;
   const int32_t pos = p.positions[row];
   if (pos < 0 || pos >= p.capacity) return;  // reported by the decode kernel
   const int active = pos / p.chunk_len + 1;  // chunks holding keys [0, pos]
   const float* ml = p.partial_ml + static_cast<int64_t>(blockIdx.x) * p.num_chunks * 2;
   const float* acc = p.partial_acc + static_cast<int64_t>(blockIdx.x) * p.num_chunks * p.head_dim;
-  float max_all = -INFINITY;
-  for (int c = 0; c < active; ++c) max_all = fmaxf(max_all, ml[2 * c]);
-  float denominator = 0.0f;
-  for (int c = 0; c < active; ++c) denominator += expf(ml[2 * c] - max_all) * ml[2 * c + 1];
+  if (threadIdx.x < 32) {  // kMaxDecodeChunks <= 64: two chunks a lane
+    const int c0 = threadIdx.x, c1 = threadIdx.x + 32;
+    const float m0 = c0 < active ? ml[2 * c0] : -INFINITY, m1 = c1 < active ? ml[2 * c1] : -INFINITY;
+    const float max_all = detail::warp_reduce(fmaxf(m0, m1), MaxOp{});  // finite: chunk 0 is active
+    const float w0 = c0 < active ? expf(m0 - max_all) : 0.0f, w1 = c1 < active ? expf(m1 - max_all) : 0.0f;
+    if (c0 < kMaxDecodeChunks) weight[c0] = w0;
+    if (c1 < kMaxDecodeChunks) weight[c1] = w1;
+    const float den = detail::warp_reduce((c0 < active ? w0 * ml[2 * c0 + 1] : 0.0f) +
+                                              (c1 < active ? w1 * ml[2 * c1 + 1] : 0.0f),
+                                          SumOp{});
+    if (threadIdx.x == 0) denominator = den;
+  }
+  __syncthreads();
+  constexpr int kBatch = 16;  // partial loads in flight per thread
   for (int d = threadIdx.x; d < p.head_dim; d += blockDim.x) {
     float numerator = 0.0f;
-    for (int c = 0; c < active; ++c) numerator += expf(ml[2 * c] - max_all) * acc[c * p.head_dim + d];
+    for (int c0 = 0; c0 < active; c0 += kBatch) {
+      float part[kBatch];
+#pragma unroll
+      for (int i = 0; i < kBatch; ++i) part[i] = c0 + i < active ? acc[(c0 + i) * p.head_dim + d] : 0.0f;
+#pragma unroll
+      for (int i = 0; i < kBatch; ++i)
+        if (c0 + i < active) numerator += weight[c0 + i] * part[i];
+    }
     p.out[row * p.out_stride + static_cast<int64_t>(head) * p.head_dim + d] = numerator / denominator;
   }
+}
+static_assert(kMaxDecodeChunks <= 64, "the combine kernel weighs two chunks per lane of one warp");
+
+// Query heads per block: the largest of 4, 2, 1 dividing the GQA group.
+int heads_per_block(const AttentionShape& shape) {
+  const int64_t group = shape.n_kv_heads >= 1 ? shape.n_heads / shape.n_kv_heads : 1;
+  for (int qh = kDecodeMaxHeadsPerBlock; qh > 1; qh /= 2)
+    if (group % qh == 0) return qh;
+  return 1;
 }
 
 // How a decode launch cuts its work; a pure function of the launch's shapes, so that
 // attention_decode_workspace_bytes and the launch agree.
 struct DecodePlan {
+  int heads_per_block = 1;
   int chunk_len = 0;
   int num_chunks = 1;
   size_t acc_bytes = 0;  // partial_acc, then partial_ml
   size_t ml_bytes = 0;
 };
 
+// The keys are cut so that a cache filled to capacity gives about kDecodeBlocksPerSm
+// blocks per SM (several waves: the blocks of chunks past a row's position exit at
+// once), in at most kMaxDecodeChunks chunks of at least kDecodeMinChunk keys.
 DecodePlan plan_decode(int64_t rows, const AttentionShape& shape, const KvCacheLayout& layout, int sm_count) {
   DecodePlan plan;
+  plan.heads_per_block = heads_per_block(shape);
   const int64_t capacity = layout.capacity < 1 ? 1 : layout.capacity;
-  const int64_t blocks = rows * shape.n_heads;
-  if (blocks >= 2 * static_cast<int64_t>(sm_count)) {  // enough blocks without splitting the keys
+  const int64_t units = rows * (shape.n_heads / plan.heads_per_block);
+  const int64_t target = kDecodeBlocksPerSm * static_cast<int64_t>(sm_count < 1 ? 1 : sm_count);
+  int64_t chunks = (target + units - 1) / units;
+  if (chunks > kMaxDecodeChunks) chunks = kMaxDecodeChunks;
+  int64_t chunk = chunks <= 1 ? capacity : (capacity + chunks - 1) / chunks;
+  chunk = (chunk + kDecodeMinChunk - 1) / kDecodeMinChunk * kDecodeMinChunk;
+  if (chunk >= capacity) {
     plan.chunk_len = static_cast<int>(capacity);
     plan.num_chunks = 1;
     return plan;
   }
-  constexpr int64_t kMinChunk = 128;
-  int64_t chunk = (capacity + kMaxDecodeChunks - 1) / kMaxDecodeChunks;
-  chunk = (chunk + 31) / 32 * 32;
-  if (chunk < kMinChunk) chunk = kMinChunk;
   plan.chunk_len = static_cast<int>(chunk);
   plan.num_chunks = static_cast<int>((capacity + chunk - 1) / chunk);
-  if (plan.num_chunks == 1) return plan;
-  const size_t slots = static_cast<size_t>(blocks) * static_cast<size_t>(plan.num_chunks);
+  const size_t slots = static_cast<size_t>(rows * shape.n_heads) * static_cast<size_t>(plan.num_chunks);
   plan.acc_bytes = (slots * static_cast<size_t>(shape.head_dim) * sizeof(float) + 255) / 256 * 256;
   plan.ml_bytes = slots * 2 * sizeof(float);
   return plan;
@@ -292,17 +382,27 @@ int lanes_for(int nvec) {
   return lanes;
 }
 
-template <typename T, int VEC, int NPL>
+template <typename T, int VEC, int NPL, int QH>
 cudaError_t launch_decode_with(DecodeParams p, const KvTable& table, int64_t rows, bool batched,
                                cudaStream_t stream) {
   p.lanes_per_key = lanes_for(p.head_dim / VEC);
-  const dim3 grid(static_cast<unsigned>(rows * p.n_heads), static_cast<unsigned>(p.num_chunks));
-  if (batched) attention_decode_kernel<T, VEC, NPL, true><<<grid, kDecodeThreads, 0, stream>>>(p, table);
-  else attention_decode_kernel<T, VEC, NPL, false><<<grid, kDecodeThreads, 0, stream>>>(p, table);
+  const dim3 grid(static_cast<unsigned>(rows * p.units_per_row), static_cast<unsigned>(p.num_chunks));
+  if (batched) attention_decode_kernel<T, VEC, NPL, QH, true><<<grid, kDecodeThreads, 0, stream>>>(p, table);
+  else attention_decode_kernel<T, VEC, NPL, QH, false><<<grid, kDecodeThreads, 0, stream>>>(p, table);
   const cudaError_t status = cudaGetLastError();
   if (status != cudaSuccess || p.num_chunks == 1) return status;
   attention_combine_kernel<<<static_cast<unsigned>(rows * p.n_heads), kDecodeThreads, 0, stream>>>(p);
   return cudaGetLastError();
+}
+
+template <typename T, int VEC, int NPL>
+cudaError_t launch_decode_heads(int qh, const DecodeParams& p, const KvTable& table, int64_t rows, bool batched,
+                                cudaStream_t stream) {
+  switch (qh) {
+    case 4: return launch_decode_with<T, VEC, NPL, 4>(p, table, rows, batched, stream);
+    case 2: return launch_decode_with<T, VEC, NPL, 2>(p, table, rows, batched, stream);
+    default: return launch_decode_with<T, VEC, NPL, 1>(p, table, rows, batched, stream);
+  }
 }
 
 bool decode_shape_ok(int64_t rows, const AttentionShape& shape, const KvCacheLayout& layout) {
@@ -329,6 +429,7 @@ cudaError_t launch_decode(const float* q, const void* k_cache, const void* v_cac
   p.kv_stride = layout.row_stride;
   p.positions = positions;
   p.n_heads = static_cast<int>(shape.n_heads);
+  p.units_per_row = static_cast<int>(shape.n_heads / plan.heads_per_block);
   p.group = static_cast<int>(shape.n_heads / shape.n_kv_heads);
   p.head_dim = static_cast<int>(shape.head_dim);
   p.scale = shape.scale;
@@ -350,16 +451,17 @@ cudaError_t launch_decode(const float* q, const void* k_cache, const void* v_cac
   }
   static const KvTable kNoTable{};
   const KvTable& t = batched ? *table : kNoTable;
+  const int qh = plan.heads_per_block;
   switch (layout.dtype) {
     case Dtype::kF32:
-      return vec16 ? launch_decode_with<float, 4, 2>(p, t, rows, batched, stream)
-                   : launch_decode_with<float, 1, 8>(p, t, rows, batched, stream);
+      return vec16 ? launch_decode_heads<float, 4, 2>(qh, p, t, rows, batched, stream)
+                   : launch_decode_heads<float, 1, 8>(qh, p, t, rows, batched, stream);
     case Dtype::kF16:
-      return vec16 ? launch_decode_with<__half, 8, 1>(p, t, rows, batched, stream)
-                   : launch_decode_with<__half, 1, 8>(p, t, rows, batched, stream);
+      return vec16 ? launch_decode_heads<__half, 8, 1>(qh, p, t, rows, batched, stream)
+                   : launch_decode_heads<__half, 1, 8>(qh, p, t, rows, batched, stream);
     case Dtype::kBF16:
-      return vec16 ? launch_decode_with<__nv_bfloat16, 8, 1>(p, t, rows, batched, stream)
-                   : launch_decode_with<__nv_bfloat16, 1, 8>(p, t, rows, batched, stream);
+      return vec16 ? launch_decode_heads<__nv_bfloat16, 8, 1>(qh, p, t, rows, batched, stream)
+                   : launch_decode_heads<__nv_bfloat16, 1, 8>(qh, p, t, rows, batched, stream);
   }
   return cudaErrorInvalidValue;
 }

@@ -150,6 +150,7 @@ CudaBackend::~CudaBackend() {
   };
   for (CUstream_st* stream : {compute_, swap_out_, swap_in_})
     if (stream != nullptr) check(cudaStreamSynchronize(stream), "cudaStreamSynchronize");
+  drop_captures();
   if (cublas_ != nullptr && cublasDestroy(cublas_) != CUBLAS_STATUS_SUCCESS)
     spdlog::warn("cuda backend teardown: cublasDestroy failed");
   if (cublas_workspace_ != nullptr) check(cudaFree(cublas_workspace_), "cudaFree(cublas workspace)");
@@ -249,6 +250,11 @@ void CudaBackend::unpin_host(void* pointer) {
 
 Result<void*> CudaBackend::workspace(size_t bytes) {
   if (bytes <= workspace_size_) return workspace_;
+  // Growing inside a capture would bake a buffer about to be freed into the graph (and
+  // the synchronize below is illegal there): fail the capture; the caller runs the
+  // step uncaptured, which grows the workspace.
+  if (capturing_) return unavailable("cuda backend: the workspace must grow; not during a capture");
+  drop_captures();  // they point at the old buffer
   // Kernels issued earlier may still be using the old buffer.
   DJINN_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(compute_));
   if (workspace_ != nullptr) DJINN_CUDA_RETURN_IF_ERROR(cudaFree(workspace_));
@@ -512,6 +518,59 @@ Status CudaBackend::run_op(OpKind op, const OpAttrs& a, std::span<const TensorVi
     }
   }
   return internal_error("cuda backend: unknown op");
+}
+
+// ---------------------------------------------------------------------------------
+// Step capture
+// ---------------------------------------------------------------------------------
+
+Status CudaBackend::begin_capture() {
+  if (capturing_) return internal_error("cuda backend: begin_capture while capturing");
+  DJINN_CUDA_RETURN_IF_ERROR(cudaStreamBeginCapture(compute_, cudaStreamCaptureModeThreadLocal));
+  capturing_ = true;
+  return {};
+}
+
+Result<uint64_t> CudaBackend::end_capture() {
+  if (!capturing_) return internal_error("cuda backend: end_capture without begin_capture");
+  capturing_ = false;
+  cudaGraph_t graph = nullptr;
+  DJINN_CUDA_RETURN_IF_ERROR(cudaStreamEndCapture(compute_, &graph));
+  cudaGraphExec_t exec = nullptr;
+  const cudaError_t instantiated = cudaGraphInstantiate(&exec, graph, 0);
+  (void)cudaGraphDestroy(graph);
+  DJINN_CUDA_RETURN_IF_ERROR(instantiated);
+  const uint64_t id = next_capture_id_++;
+  captures_.emplace(id, exec);
+  return id;
+}
+
+void CudaBackend::abort_capture() {
+  if (!capturing_) return;
+  capturing_ = false;
+  cudaGraph_t graph = nullptr;
+  (void)cudaStreamEndCapture(compute_, &graph);  // invalidated captures end with an error: nothing to keep
+  if (graph != nullptr) (void)cudaGraphDestroy(graph);
+  (void)cudaGetLastError();  // the capture's error is not the next call's
+}
+
+Result<bool> CudaBackend::replay(uint64_t capture) {
+  auto it = captures_.find(capture);
+  if (it == captures_.end()) return false;
+  DJINN_CUDA_RETURN_IF_ERROR(cudaGraphLaunch(it->second, compute_));
+  return true;
+}
+
+void CudaBackend::release_capture(uint64_t capture) {
+  auto it = captures_.find(capture);
+  if (it == captures_.end()) return;
+  (void)cudaGraphExecDestroy(it->second);
+  captures_.erase(it);
+}
+
+void CudaBackend::drop_captures() {
+  for (auto& [id, exec] : captures_) (void)cudaGraphExecDestroy(exec);
+  captures_.clear();
 }
 
 }  // namespace djinn

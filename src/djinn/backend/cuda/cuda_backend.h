@@ -34,6 +34,7 @@
 // Opaque CUDA handles, so that this header needs no CUDA include.
 struct CUstream_st;
 struct cublasContext;
+struct CUgraphExec_st;
 
 namespace djinn {
 namespace gpu {
@@ -64,6 +65,15 @@ class CudaBackend final : public Backend {
   Status synchronize() override;
   Status pin_host(void* pointer, size_t bytes) override;
   void unpin_host(void* pointer) override;
+  // Step capture: CUDA stream capture of the compute stream (thread-local mode, so the
+  // swap threads' copies are unaffected) into an instantiated graph. Growing the
+  // workspace invalidates every capture (they point at the old buffer).
+  bool supports_capture() const override { return true; }
+  Status begin_capture() override;
+  Result<uint64_t> end_capture() override;
+  void abort_capture() override;
+  Result<bool> replay(uint64_t capture) override;
+  void release_capture(uint64_t capture) override;
 
   // Bytes of the backend's own workspace (see above), excluding the cuBLAS workspace.
   size_t workspace_bytes() const { return workspace_size_; }
@@ -95,6 +105,12 @@ class CudaBackend final : public Backend {
   gpu::DeviceError* error_host_ = nullptr;  // pinned host mirror, read after a sync
   // batched_decode_attention's cache pointers (host arrays, reused across steps).
   std::vector<void*> batch_k_caches_, batch_v_caches_;
+
+  // Captured steps by id (graph executables); dropped when the workspace moves.
+  std::map<uint64_t, CUgraphExec_st*> captures_;
+  uint64_t next_capture_id_ = 1;
+  bool capturing_ = false;
+  void drop_captures();
 
   // allocate()'s over-aligned blocks: aligned pointer -> what cudaMalloc returned.
   std::mutex over_aligned_mutex_;

@@ -155,10 +155,12 @@ inline constexpr int64_t kMaxAttentionHeadDim = 256;
 // n_heads * head_dim] f32. A position outside [0, capacity) records
 // kAttentionPositionOutOfRange and leaves that row unwritten.
 //
-// Work: one 128-thread block per (row, head, key chunk); when rows * n_heads is small
-// the keys are cut into up to kMaxDecodeChunks chunks (partial max / sum / weighted V
-// in `workspace`) combined by a second kernel; otherwise one chunk covers all keys
-// and the block writes `out` directly. K and V rows are read with 16-byte loads when
+// Work: one 128-thread block per (row, kv head's group of up to 4 query heads, key
+// chunk); the keys are cut so that a full cache gives about 128 blocks per SM (chunks of
+// at least 128 keys, at most kMaxDecodeChunks), partial max / sum / weighted V go to
+// `workspace` and a second kernel combines them; with one chunk the block writes `out`
+// directly. Blocks whose chunk lies past a row's position exit at once. K and V rows
+// are read with 16-byte loads when
 // `head_dim * dtype size`, the row stride and the cache pointers allow (see the .cu).
 //
 // `workspace` must hold attention_decode_workspace_bytes(rows, ...) bytes (0: none
