@@ -22,6 +22,9 @@ MachineInfo machine_info() {
   if (pages > 0 && page_size > 0) info.memory_bytes = static_cast<uint64_t>(pages) * static_cast<uint64_t>(page_size);
   char host[256] = {};
   if (gethostname(host, sizeof host - 1) == 0) info.hostname = host;
+#ifdef DJINN_GIT_COMMIT
+  info.git_commit = DJINN_GIT_COMMIT;
+#endif
   return info;
 }
 
@@ -29,7 +32,8 @@ nlohmann::json to_json(const MachineInfo& info) {
   return {{"cpu_model", info.cpu_model},
           {"logical_cores", info.logical_cores},
           {"memory_bytes", info.memory_bytes},
-          {"hostname", info.hostname}};
+          {"hostname", info.hostname},
+          {"git_commit", info.git_commit}};
 }
 
 }  // namespace djinn

@@ -11,6 +11,7 @@ struct MachineInfo {
   unsigned logical_cores = 0;  // std::thread::hardware_concurrency()
   uint64_t memory_bytes = 0;   // physical memory
   std::string hostname;
+  std::string git_commit;      // the commit djinn was configured from ("-dirty": with local changes)
 };
 
 MachineInfo machine_info();

@@ -215,15 +215,7 @@ Result<std::vector<ForwardResult>> Runtime::decode_batch(std::span<const Session
     it = batch_graphs_.emplace(key, std::move(built)).first;
   }
   const BatchGraph& step = it->second;
-  // KV inputs: layer-major, then session, then K / V (see GraphOptions::batch).
-  const int64_t layers = model.config().n_layers;
-  std::vector<TensorView> kv;
-  kv.reserve(static_cast<size_t>(2 * layers * batch));
-  for (int64_t l = 0; l < layers; ++l)
-    for (InferenceSession* s : sessions) {
-      kv.push_back(s->kv()[static_cast<size_t>(2 * l)]);
-      kv.push_back(s->kv()[static_cast<size_t>(2 * l + 1)]);
-    }
+  const BatchKv& kv = batch_kv(sessions);
   std::vector<int32_t> token_ids(tokens.begin(), tokens.end()), positions;
   for (InferenceSession* s : sessions) positions.push_back(static_cast<int32_t>(s->length()));
   const TensorView io[] = {TensorView::contiguous(token_ids.data(), {batch}, DType::kI32, LifetimeClass::kIo),
@@ -234,7 +226,7 @@ Result<std::vector<ForwardResult>> Runtime::decode_batch(std::span<const Session
   PlannedStepTiming timing;
   DJINN_ASSIGN_OR_RETURN(std::vector<TensorView> outputs,
                          run_planned_step(batch_executor_, plan_cache_, vmu_->stack(), step.graph.graph,
-                                          GraphBindings{step.weights, kv, io, symbols, step.weights_id, batch_kv_id(sessions)},
+                                          GraphBindings{step.weights, kv.views, io, symbols, step.weights_id, kv.id},
                                           "batched decode", frame, &timing));
 
   const auto vocab = static_cast<size_t>(model.config().vocab_size);
@@ -256,14 +248,24 @@ Result<std::vector<ForwardResult>> Runtime::decode_batch(std::span<const Session
   return results;
 }
 
-uint64_t Runtime::batch_kv_id(std::span<InferenceSession* const> sessions) {
+const Runtime::BatchKv& Runtime::batch_kv(std::span<InferenceSession* const> sessions) {
   std::vector<uint64_t> key;
   key.reserve(sessions.size());
   for (const InferenceSession* s : sessions) key.push_back(s->kv_id());
-  if (batch_kv_ids_.size() >= kMaxBatchKvIds) batch_kv_ids_.clear();  // ids only need to be unique
-  auto [it, inserted] = batch_kv_ids_.try_emplace(std::move(key), 0);
-  if (inserted) it->second = next_binding_id();
-  return it->second;
+  if (batch_kvs_.size() >= kMaxBatchKvs) batch_kvs_.clear();  // ids only need to be unique
+  auto [it, inserted] = batch_kvs_.try_emplace(std::move(key));
+  if (!inserted) return it->second;
+  BatchKv& kv = it->second;
+  kv.id = next_binding_id();
+  // Layer-major, then session, then K / V (see GraphOptions::batch).
+  const int64_t layers = sessions[0]->model().config().n_layers;
+  kv.views.reserve(static_cast<size_t>(2 * layers) * sessions.size());
+  for (int64_t l = 0; l < layers; ++l)
+    for (const InferenceSession* s : sessions) {
+      kv.views.push_back(s->kv()[static_cast<size_t>(2 * l)]);
+      kv.views.push_back(s->kv()[static_cast<size_t>(2 * l + 1)]);
+    }
+  return kv;
 }
 
 Result<std::vector<HostTensor>> Runtime::run_graph(const Graph& graph, std::span<const TensorView> inputs,

@@ -118,12 +118,17 @@ class Runtime {
   // Batched decode graphs by (model, batch, capacity).
   std::map<std::tuple<const Model*, int64_t, int64_t>, BatchGraph> batch_graphs_;
   Executor batch_executor_;
-  // A binding id per batch composition (the sessions' KV table ids, in order): the same
-  // sessions with the same arenas get the same id, so the executor rebinds nothing and
-  // may replay a captured step (see executor.h).
-  uint64_t batch_kv_id(std::span<InferenceSession* const> sessions);
-  static constexpr size_t kMaxBatchKvIds = 4096;
-  std::map<std::vector<uint64_t>, uint64_t> batch_kv_ids_;
+  // The KV table of a batch composition (the sessions' KV table ids, in order) and its
+  // binding id: the same sessions with the same arenas get the same table and id, so a
+  // step builds no views, the executor rebinds nothing and may replay a captured step
+  // (see executor.h). A session's kv_id changes whenever its views do.
+  struct BatchKv {
+    uint64_t id = 0;
+    std::vector<TensorView> views;
+  };
+  const BatchKv& batch_kv(std::span<InferenceSession* const> sessions);
+  static constexpr size_t kMaxBatchKvs = 64;
+  std::map<std::vector<uint64_t>, BatchKv> batch_kvs_;
 };
 
 }  // namespace djinn

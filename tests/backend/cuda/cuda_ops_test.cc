@@ -562,6 +562,68 @@ TEST_F(CudaOps, MatMulModelSizedShapes) {
     }
 }
 
+// Two 16-bit GEMMs of one input narrow it once (Note [Narrowed activations] in
+// cuda_backend.h); an op that writes the input in between, or a GEMM of another input,
+// must make the next GEMM narrow afresh. One sequence, no copy in between (a copy
+// forgets the narrowing), checked against the CPU on the x each GEMM should have seen.
+TEST_F(CudaOps, MatMulsOfOneInputReuseItsNarrowingOnlyWhileItIsUnchanged) {
+  Rng rng(350);
+  const int64_t m = 3, k = 64, n = 32;
+  for (DType w_dtype : {DType::kF16, DType::kBF16}) {
+    DeviceBuffer x(*cuda_, sz(m * k) * 4), y(*cuda_, sz(m * k) * 4), w1(*cuda_, sz(n * k) * 2),
+        w2(*cuda_, sz(n * k) * 2), outs(*cuda_, 5 * sz(m * n) * 4);
+    const TensorView xv = TensorView::contiguous(x.data(), {m, k}, DType::kF32);
+    const TensorView yv = TensorView::contiguous(y.data(), {m, k}, DType::kF32);
+    const TensorView w1v = TensorView::contiguous(w1.data(), {n, k}, w_dtype, LifetimeClass::kWeight);
+    const TensorView w2v = TensorView::contiguous(w2.data(), {n, k}, w_dtype, LifetimeClass::kWeight);
+    const HostData w1h = stored(rng.floats(n * k), w_dtype, {n, k}), w2h = stored(rng.floats(n * k), w_dtype, {n, k});
+    const std::vector<float> x0 = rng.floats(m * k), yh = rng.floats(m * k);
+    ASSERT_TRUE(cuda_->upload(w1.data(), w1h.bytes.data(), w1h.nbytes()).ok());
+    ASSERT_TRUE(cuda_->upload(w2.data(), w2h.bytes.data(), w2h.nbytes()).ok());
+    ASSERT_TRUE(cuda_->upload(x.data(), x0.data(), x0.size() * 4).ok());
+    ASSERT_TRUE(cuda_->upload(y.data(), yh.data(), yh.size() * 4).ok());
+    std::vector<float> x1 = x0;  // x after x += y
+    for (size_t i = 0; i < x1.size(); ++i) x1[i] += yh[i];
+
+    OpAttrs attrs;
+    attrs.transpose_b = true;
+    auto out_view = [&](int i) {
+      return TensorView::contiguous(static_cast<float*>(outs.data()) + i * m * n, {m, n}, DType::kF32);
+    };
+    auto mm = [&](const TensorView& in, const TensorView& w, int i) {
+      const TensorView* inputs[] = {&in, &w};
+      return cuda_->run_op(OpKind::kMatMul, attrs, inputs, out_view(i), {});
+    };
+    ASSERT_TRUE(mm(xv, w1v, 0).ok());  // narrows x
+    ASSERT_TRUE(mm(xv, w2v, 1).ok());  // reuses it
+    const TensorView* add_in[] = {&xv, &yv};
+    ASSERT_TRUE(cuda_->run_op(OpKind::kAdd, {}, add_in, xv, {}).ok());  // x += y, in place
+    ASSERT_TRUE(mm(xv, w1v, 2).ok());  // must narrow the new x
+    ASSERT_TRUE(mm(yv, w2v, 3).ok());  // another input
+    ASSERT_TRUE(mm(xv, w2v, 4).ok());  // x again, after y's narrowing
+    ASSERT_TRUE(cuda_->synchronize().ok());
+    std::vector<float> got(5 * sz(m * n));
+    ASSERT_TRUE(cuda_->download(got.data(), outs.data(), got.size() * 4).ok());
+
+    const struct {
+      const std::vector<float>* x;
+      const HostData* w;
+      const char* what;
+    } expected[] = {{&x0, &w1h, "first GEMM"}, {&x0, &w2h, "second GEMM of x"}, {&x1, &w1h, "after x was written"},
+                    {&yh, &w2h, "GEMM of y"}, {&x1, &w2h, "x after y"}};
+    for (int i = 0; i < 5; ++i) {
+      std::vector<float> xr = round_through(*expected[i].x, w_dtype), wr = as_f32(*expected[i].w), want(sz(m * n));
+      const TensorView xrv = TensorView::contiguous(xr.data(), {m, k}, DType::kF32);
+      const TensorView wrv = TensorView::contiguous(wr.data(), {n, k}, DType::kF32);
+      const TensorView* ref_in[] = {&xrv, &wrv};
+      ASSERT_TRUE(cpu_->run_op(OpKind::kMatMul, attrs, ref_in, TensorView::contiguous(want.data(), {m, n}, DType::kF32), {}).ok());
+      for (size_t e = 0; e < want.size(); ++e)
+        ASSERT_NEAR(got[sz(i * m * n) + e], want[e], 1e-3 * (1.0 + std::fabs(want[e])))
+            << dname(w_dtype) << ", " << expected[i].what << ", element " << e;
+    }
+  }
+}
+
 // ---------------------------------------------------------------------------------
 // add, mul
 // ---------------------------------------------------------------------------------

@@ -155,6 +155,7 @@ CudaBackend::~CudaBackend() {
     spdlog::warn("cuda backend teardown: cublasDestroy failed");
   if (cublas_workspace_ != nullptr) check(cudaFree(cublas_workspace_), "cudaFree(cublas workspace)");
   if (workspace_ != nullptr) check(cudaFree(workspace_), "cudaFree(workspace)");
+  if (narrowed_ != nullptr) check(cudaFree(narrowed_), "cudaFree(narrowed activations)");
   if (error_ != nullptr) check(cudaFree(error_), "cudaFree(error record)");
   if (error_host_ != nullptr) check(cudaFreeHost(error_host_), "cudaFreeHost(error record)");
   for (CUstream_st* stream : {compute_, swap_out_, swap_in_})
@@ -213,14 +214,39 @@ CUstream_st* CudaBackend::stream_for(CopyQueue queue) const {
 }
 
 Status CudaBackend::copy(std::span<const CopyRegion> regions, CopyQueue queue) {
+  forget_narrowed();  // a copy may write anything, the narrowed GEMM input's source too
   cudaStream_t stream = stream_for(queue);
+  // Several regions (a swap moves every KV slot's used rows): one batched call, so the
+  // driver can keep the copy engine busy instead of paying a call per region. Where
+  // the batch call is refused (an older driver), one cudaMemcpyAsync per region.
+  std::vector<void*> dsts;
+  std::vector<const void*> srcs;
+  std::vector<size_t> sizes;
   for (const CopyRegion& r : regions)
-    if (r.bytes > 0) DJINN_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(r.dst, r.src, r.bytes, cudaMemcpyDefault, stream));
+    if (r.bytes > 0) {
+      dsts.push_back(r.dst);
+      srcs.push_back(r.src);
+      sizes.push_back(r.bytes);
+    }
+  bool batched = false;
+  if (dsts.size() > 1) {
+    cudaMemcpyAttributes attributes{};
+    attributes.srcAccessOrder = cudaMemcpySrcAccessOrderStream;
+    attributes.flags = queue == CopyQueue::kCompute ? cudaMemcpyFlagDefault : cudaMemcpyFlagPreferOverlapWithCompute;
+    size_t first = 0;
+    batched = cudaMemcpyBatchAsync(dsts.data(), srcs.data(), sizes.data(), dsts.size(), &attributes, &first, 1,
+                                   stream) == cudaSuccess;
+    if (!batched) (void)cudaGetLastError();
+  }
+  if (!batched)
+    for (size_t i = 0; i < dsts.size(); ++i)
+      DJINN_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(dsts[i], srcs[i], sizes[i], cudaMemcpyDefault, stream));
   DJINN_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream));
   return {};
 }
 
 Status CudaBackend::zero(void* dst, size_t bytes) {
+  forget_narrowed();
   if (bytes > 0) DJINN_CUDA_RETURN_IF_ERROR(cudaMemsetAsync(dst, 0, bytes, compute_));
   return {};
 }
@@ -246,6 +272,29 @@ Status CudaBackend::pin_host(void* pointer, size_t bytes) {
 void CudaBackend::unpin_host(void* pointer) {
   const cudaError_t error = cudaHostUnregister(pointer);
   if (error != cudaSuccess) spdlog::warn("cuda backend: cudaHostUnregister failed: {}", cudaGetErrorString(error));
+}
+
+Result<void*> CudaBackend::narrowed_buffer(size_t bytes) {
+  if (bytes <= narrowed_size_) return narrowed_;
+  if (capturing_) return unavailable("cuda backend: the narrowing buffer must grow; not during a capture");
+  drop_captures();  // they point at the old buffer
+  forget_narrowed();
+  DJINN_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(compute_));
+  if (narrowed_ != nullptr) DJINN_CUDA_RETURN_IF_ERROR(cudaFree(narrowed_));
+  narrowed_ = nullptr;
+  narrowed_size_ = 0;
+  constexpr size_t kGranule = size_t{1} << 20;
+  const size_t size = (bytes + kGranule - 1) / kGranule * kGranule;
+  DJINN_CUDA_RETURN_IF_ERROR(cudaMalloc(&narrowed_, size));
+  narrowed_size_ = size;
+  return narrowed_;
+}
+
+void CudaBackend::forget_narrowed_if_written(const TensorView& out) {
+  if (narrowed_source_.dtype < 0) return;
+  const auto* begin = static_cast<const std::byte*>(out.data);
+  const std::byte* end = begin + out.nbytes();
+  if (begin < narrowed_source_.data + narrowed_source_.bytes && narrowed_source_.data < end) forget_narrowed();
 }
 
 Result<void*> CudaBackend::workspace(size_t bytes) {
@@ -294,9 +343,16 @@ Status CudaBackend::matmul(const TensorView& x, const TensorView& w, bool transp
   }
   // 16-bit weights: x narrowed to the weight's dtype, then tensor cores with f32
   // accumulation and an f32 result.
+  // The narrowed x may still be there from the GEMM before (Note [Narrowed activations]).
   const size_t x_bytes = static_cast<size_t>(m * k) * gpu::dtype_bytes(w_dtype);
-  DJINN_ASSIGN_OR_RETURN(void* const x16, workspace(x_bytes));
-  DJINN_CUDA_RETURN_IF_ERROR(gpu::convert_from_f32(x.as<const float>(), x16, w_dtype, m * k, compute_));
+  const NarrowedSource source{static_cast<const std::byte*>(x.data), x.nbytes(), static_cast<int>(w_dtype)};
+  DJINN_ASSIGN_OR_RETURN(void* const x16, narrowed_buffer(x_bytes));
+  if (narrowed_source_.data != source.data || narrowed_source_.bytes != source.bytes ||
+      narrowed_source_.dtype != source.dtype) {
+    forget_narrowed();
+    DJINN_CUDA_RETURN_IF_ERROR(gpu::convert_from_f32(x.as<const float>(), x16, w_dtype, m * k, compute_));
+    narrowed_source_ = source;
+  }
   const cudaDataType_t type = w_dtype == gpu::Dtype::kF16 ? CUDA_R_16F : CUDA_R_16BF;
   DJINN_CUBLAS_RETURN_IF_ERROR(cublasGemmEx(cublas_, op_w, CUBLAS_OP_N, ni, mi, ki, &one, w.data, type, ld_w, x16, type,
                                             ki, &zero_value, out.data, CUDA_R_32F, ni, CUBLAS_COMPUTE_32F,
@@ -399,6 +455,7 @@ Status CudaBackend::copy_rows(const TensorView& x, int64_t start, int64_t length
 
 Status CudaBackend::run_op(OpKind op, const OpAttrs& a, std::span<const TensorView* const> in, const TensorView& out,
                            const SymbolBindings& /*bindings: positions come from the device instead*/) {
+  forget_narrowed_if_written(out);  // before the op: a failed op may have written part of it
   switch (op) {
     case OpKind::kEmbedding: {
       const TensorView &table = *in[0], &ids = *in[1];
@@ -528,12 +585,14 @@ Status CudaBackend::begin_capture() {
   if (capturing_) return internal_error("cuda backend: begin_capture while capturing");
   DJINN_CUDA_RETURN_IF_ERROR(cudaStreamBeginCapture(compute_, cudaStreamCaptureModeThreadLocal));
   capturing_ = true;
+  forget_narrowed();  // the capture must not rely on a conversion issued before it
   return {};
 }
 
 Result<uint64_t> CudaBackend::end_capture() {
   if (!capturing_) return internal_error("cuda backend: end_capture without begin_capture");
   capturing_ = false;
+  forget_narrowed();  // nothing of the capture has run yet
   cudaGraph_t graph = nullptr;
   DJINN_CUDA_RETURN_IF_ERROR(cudaStreamEndCapture(compute_, &graph));
   cudaGraphExec_t exec = nullptr;
@@ -548,6 +607,7 @@ Result<uint64_t> CudaBackend::end_capture() {
 void CudaBackend::abort_capture() {
   if (!capturing_) return;
   capturing_ = false;
+  forget_narrowed();
   cudaGraph_t graph = nullptr;
   (void)cudaStreamEndCapture(compute_, &graph);  // invalidated captures end with an error: nothing to keep
   if (graph != nullptr) (void)cudaGraphDestroy(graph);
@@ -557,6 +617,7 @@ void CudaBackend::abort_capture() {
 Result<bool> CudaBackend::replay(uint64_t capture) {
   auto it = captures_.find(capture);
   if (it == captures_.end()) return false;
+  forget_narrowed();
   DJINN_CUDA_RETURN_IF_ERROR(cudaGraphLaunch(it->second, compute_));
   return true;
 }

@@ -16,10 +16,11 @@
 //
 // Memory outside the VMU: besides what callers allocate(), the backend owns
 //  - the cuBLAS workspace (kCublasWorkspaceBytes, allocated at creation);
-//  - its own workspace (workspace_bytes()): f32 activations narrowed to a 16-bit
-//    weight's dtype for the tensor-core GEMMs, and split-K attention partials. It is
-//    allocated on first use and grown (never shrunk) when an op needs more, so in a
-//    steady state no op allocates;
+//  - its own workspace (workspace_bytes()): split-K attention partials; and a buffer of
+//    f32 activations narrowed to a 16-bit weight's dtype for the tensor-core GEMMs
+//    (Note [Narrowed activations]). Both are allocated on first use and grown (never
+//    shrunk) when an op needs more, so in a steady state no op allocates; growing
+//    drops every captured step;
 //  - a 32-byte device error record and its pinned host mirror.
 #pragma once
 
@@ -75,8 +76,9 @@ class CudaBackend final : public Backend {
   Result<bool> replay(uint64_t capture) override;
   void release_capture(uint64_t capture) override;
 
-  // Bytes of the backend's own workspace (see above), excluding the cuBLAS workspace.
-  size_t workspace_bytes() const { return workspace_size_; }
+  // Bytes of the backend's own workspace and narrowing buffer (see above), excluding
+  // the cuBLAS workspace.
+  size_t workspace_bytes() const { return workspace_size_ + narrowed_size_; }
 
  private:
   CudaBackend() = default;
@@ -105,6 +107,23 @@ class CudaBackend final : public Backend {
   gpu::DeviceError* error_host_ = nullptr;  // pinned host mirror, read after a sync
   // batched_decode_attention's cache pointers (host arrays, reused across steps).
   std::vector<void*> batch_k_caches_, batch_v_caches_;
+
+  // Note [Narrowed activations]: a 16-bit GEMM reads x narrowed to the weight's dtype.
+  // Consecutive GEMMs of one input (q / k / v projections, gate / up) narrow it once:
+  // narrowed_ holds the narrowed copy of `narrowed_source_`, valid until anything may
+  // have written the source — an op whose output overlaps it, any copy() or zero(), a
+  // capture boundary or a replay.
+  struct NarrowedSource {
+    const std::byte* data = nullptr;
+    size_t bytes = 0;  // of the f32 source
+    int dtype = -1;    // gpu::Dtype of the narrowed copy; -1: nothing valid
+  };
+  NarrowedSource narrowed_source_;
+  void* narrowed_ = nullptr;
+  size_t narrowed_size_ = 0;
+  Result<void*> narrowed_buffer(size_t bytes);
+  void forget_narrowed() { narrowed_source_ = {}; }
+  void forget_narrowed_if_written(const TensorView& out);
 
   // Captured steps by id (graph executables); dropped when the workspace moves.
   std::map<uint64_t, CUgraphExec_st*> captures_;

@@ -1,0 +1,120 @@
+#!/usr/bin/env python3
+"""Files a GPU run's results into the repo: copies the benchmark JSONs that
+scripts/gpu_run.sh wrote (unpacked from gpu-results.tar.gz) into bench/results/cuda/
+and writes bench/results/cuda/README.md, a short table of every target against its
+baseline measured in the same run, naming the GPU, the date and the commit.
+
+usage: scripts/gpu_results.py RESULTS_DIR [OUT_DIR]
+"""
+import json
+import pathlib
+import shutil
+import sys
+
+
+def load(folder, name):
+    path = folder / name
+    if not path.exists() or path.stat().st_size == 0:
+        return None
+    return json.loads(path.read_text())
+
+
+def main():
+    src = pathlib.Path(sys.argv[1])
+    out = pathlib.Path(sys.argv[2] if len(sys.argv) > 2 else "bench/results/cuda")
+    out.mkdir(parents=True, exist_ok=True)
+    for f in sorted(src.glob("*.json")):
+        if f.stat().st_size > 0:
+            shutil.copy(f, out / f.name)
+    for f in ("tests.txt", "serve96.txt", "device.txt"):
+        if (src / f).exists():
+            shutil.copy(src / f, out / f)
+
+    decode = load(src, "bench_decode_llama13b_cuda.json")
+    nographs = load(src, "bench_decode_llama13b_cuda_nographs.json")
+    swap = load(src, "bench_swap_cuda.json")
+    ostax = load(src, "bench_os_tax_cuda.json")
+    gpt2 = load(src, "bench_decode_gpt2_cuda.json")
+    any_result = decode or swap or ostax or gpt2
+    machine = any_result["machine"] if any_result else {}
+    gpu = machine.get("gpu", {}).get("name", "?")
+    date = (src / "device.txt").read_text().splitlines()[0].replace("date: ", "") if (src / "device.txt").exists() else "?"
+    lines = [
+        "# GPU results",
+        "",
+        f"GPU: **{gpu}** ({machine.get('logical_cores', '?')} host cores), run {date}, "
+        f"commit `{machine.get('git_commit', '?')}`. Made by `scripts/gpu_run.sh` on the GPU machine and filed by "
+        "`scripts/gpu_results.py`; every ratio is against a baseline measured in the same run.",
+        "",
+        "| what | measured | baseline (same run) | ratio | target | met |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+
+    def row(what, measured, baseline, ratio, target, met):
+        lines.append(f"| {what} | {measured} | {baseline} | {ratio} | {target} | {'yes' if met else '**no**'} |")
+
+    if decode:
+        b = decode["baselines"]
+        t = decode["targets"]
+        m = decode["model"]
+        copy, gemm = b["copy"]["gbps"], b["gemm"]["tflops"]
+        row(f"{m['name']} {m['dtype']} decode step, context {decode['prompt_len']}",
+            f"{decode['decode_ms_per_token_p50']:.2f} ms p50",
+            f"{m['weight_bytes'] / 1e9:.1f} GB / {copy:.0f} GB/s copy = {t['decode_bound_ms']:.2f} ms",
+            f"{t['decode_step_over_bound']:.2f}x", "<= 1.25x", t["decode_step_over_bound"] <= 1.25)
+        row(f"{m['name']} prefill {decode['prompt_len']} tokens", f"{decode['prefill_ms']:.1f} ms = "
+            f"{decode['prefill_tflops']:.0f} TFLOP/s", f"cuBLAS {b['gemm']['input']} 8192^3: {gemm:.0f} TFLOP/s",
+            f"{t['prefill_pct_of_gemm']:.1f}%", ">= 60%", t["prefill_pct_of_gemm"] >= 60)
+        for r in decode.get("batched", []):
+            row(f"batched decode x{r['batch']}, context {r['context']}", f"{r['step_ms_p50']:.2f} ms/step, "
+                f"{r['achieved_gbps']:.0f} GB/s", f"copy {copy:.0f} GB/s", f"{r['pct_of_copy_bandwidth']:.1f}%",
+                ">= 75%", r["pct_of_copy_bandwidth"] >= 75)
+        s = decode.get("decode_during_swaps") or {}
+        if s and s.get("slowdown_pct") is not None:
+            row("decode step while a session swaps (1.7 GB each way)", f"{s['decode_ms_p50_during_swaps']:.2f} ms p50",
+                f"{s['decode_ms_p50_quiet']:.2f} ms with no swap in flight", f"{s['slowdown_pct']:+.1f}%",
+                "<= +15%", s["slowdown_pct"] <= 15)
+    if swap:
+        for r in swap["rows"]:
+            mib = r["bytes"] >> 20
+            row(f"swap-out {mib} MiB", f"{r['out_gbps']:.1f} GB/s", f"pinned cudaMemcpyAsync {r['raw_out_gbps']:.1f}",
+                f"{r['out_pct_of_raw']:.0f}%", ">= 90%", r["out_pct_of_raw"] >= 90)
+            row(f"swap-in {mib} MiB", f"{r['in_gbps']:.1f} GB/s", f"pinned cudaMemcpyAsync {r['raw_in_gbps']:.1f}",
+                f"{r['in_pct_of_raw']:.0f}%", ">= 90%", r["in_pct_of_raw"] >= 90)
+            row(f"swap both ways at once {mib} MiB", f"{r['both_gbps']:.1f} GB/s total",
+                f"raw both {r['raw_both_gbps']:.1f}", "", ">= 85 GB/s", r["both_gbps"] >= 85)
+    if (src / "serve96.txt").exists():
+        text = (src / "serve96.txt").read_text().splitlines()
+        first = text[0] if text else "?"
+        ms = int(first.split()[2]) if first.startswith("serving after") else None
+        row("`djinn serve --host-swap-pool-gb 96`: answering Stats", first.replace("serving after ", ""),
+            "", "", "<= 15 s", ms is not None and ms <= 15000)
+        done = [l for l in text if not l.endswith("-1.0")][-1:] if len(text) > 1 else []
+        if done:
+            lines.append("")
+            lines.append(f"Pinned pool fully ready (96 GiB, populated in parallel and registered chunk by chunk in the "
+                         f"background): `{done[0]}`.")
+    lines.append("")
+    if nographs and decode:
+        lines.append(f"Step capture (CUDA graphs) off, same GPU, same run: decode step "
+                     f"{nographs['decode_ms_per_token_p50']:.2f} ms p50 (on: {decode['decode_ms_per_token_p50']:.2f}); "
+                     + ", ".join(f"batched x{r['batch']} {r['step_ms_p50']:.2f} ms = {r['pct_of_copy_bandwidth']:.1f}%"
+                                 for r in nographs.get("batched", [])) + ".")
+    if gpt2:
+        lines.append(f"gpt2 f32 on cuda: prefill 128 tokens {gpt2['prefill_ms']:.2f} ms, decode "
+                     f"{gpt2['decode_ms_per_token_p50']:.3f} ms/token p50.")
+    if ostax:
+        parts = []
+        for r in ostax["rows"]:
+            parts.append(f"{r['op']} native {r['native_us_p50']:.0f} µs, warm {r['warm_us_p50']:.0f} µs, "
+                         f"cold {r['cold_us']:.0f} µs")
+        lines.append(f"os-tax on cuda over {ostax['transport']} (floor {ostax['floor_us_p50']:.1f} µs): " + "; ".join(parts) + ".")
+    if (src / "tests.txt").exists():
+        lines.append("")
+        lines.append("CUDA tests on this GPU: " + " ".join((src / "tests.txt").read_text().split()) + ".")
+    (out / "README.md").write_text("\n".join(lines) + "\n")
+    print((out / "README.md").read_text())
+
+
+if __name__ == "__main__":
+    main()
