@@ -125,21 +125,35 @@ TEST(StepCapture, ANewArenaAfterASwapIsCapturedAfreshAndAnInvalidatedCaptureFall
   Runtimes r = make_runtimes();
   const ModelId a = *r.plain->load_model("gpt2-tiny"), b = *r.capturing->load_model("gpt2-tiny");
   const int64_t vocab = (*r.plain->model(a))->config().vocab_size;
-  const SessionId sa = *r.plain->open_session(a, 40), sb = *r.capturing->open_session(b, 40);
+  const SessionId sa = *r.plain->open_session(a, 48), sb = *r.capturing->open_session(b, 48);
   const std::vector<int32_t> prompt = prompt_of(4, vocab);
   std::vector<int32_t> ta = r.plain->generate(sa, prompt, 5)->new_tokens;
   std::vector<int32_t> tb = r.capturing->generate(sb, prompt, 5)->new_tokens;
   ASSERT_EQ(ta, tb);
-  const int captured_before = r.backend->captured;
-  // Swap out and in: the KV views move to a fresh arena, the old capture must not replay.
+  ASSERT_EQ(r.backend->captured, 1);
+  // Swap out and in: the KV views are laid out afresh (a new KV table id), so the old
+  // capture is not replayed; the new layout is captured on its second step.
   ASSERT_TRUE(r.capturing->swap_out(sb).ok());
   ASSERT_TRUE(r.capturing->settle(sb).ok());
-  r.backend->drop_next_replay = true;  // and one capture the backend has dropped
+  int replays = r.backend->replays;
   ta = r.plain->generate(sa, std::vector<int32_t>{ta.back()}, 6)->new_tokens;
   Result<GenerateResult> gb = r.capturing->generate(sb, std::vector<int32_t>{tb.back()}, 6);
   ASSERT_TRUE(gb.ok()) << gb.status().to_string();
   EXPECT_EQ(ta, gb->new_tokens);
-  EXPECT_GT(r.backend->captured, captured_before);
+  EXPECT_EQ(r.backend->captured, 2);
+  EXPECT_EQ(r.backend->replays - replays, 5);  // 6 steps: one runs, one is captured and launched, four replay
+  // The backend drops the capture in steady state: that step runs its ops, the next
+  // captures afresh, and the results do not change.
+  r.backend->drop_next_replay = true;
+  replays = r.backend->replays;
+  const int released = r.backend->released;
+  ta = r.plain->generate(sa, std::vector<int32_t>{ta.back()}, 4)->new_tokens;
+  gb = r.capturing->generate(sb, std::vector<int32_t>{gb->new_tokens.back()}, 4);
+  ASSERT_TRUE(gb.ok()) << gb.status().to_string();
+  EXPECT_EQ(ta, gb->new_tokens);
+  EXPECT_EQ(r.backend->released, released + 1);  // the dropped capture was let go
+  EXPECT_EQ(r.backend->captured, 3);
+  EXPECT_EQ(r.backend->replays - replays, 3);  // dropped (ran), captured + launched, replay, replay
 }
 
 TEST(StepCapture, BatchedDecodeOfTheSameSessionsReplaysAndEqualsThePlainRuntime) {

@@ -150,6 +150,23 @@ Status Executor::bind(std::shared_ptr<const Plan> plan, const GraphBindings& b, 
   return {};
 }
 
+bool Executor::capture_attempts_left(const CaptureKey& key) const {
+  for (const auto& [failed, attempts] : failed_captures_)
+    if (failed == key) return attempts < kMaxCaptureAttempts;
+  return true;
+}
+
+void Executor::note_capture_failure(const CaptureKey& key) {
+  for (auto& [failed, attempts] : failed_captures_)
+    if (failed == key) {
+      ++attempts;
+      return;
+    }
+  constexpr size_t kMaxRemembered = 16;
+  if (failed_captures_.size() == kMaxRemembered) failed_captures_.erase(failed_captures_.begin());
+  failed_captures_.emplace_back(key, 1);
+}
+
 Status Executor::run_steps() {
   const Plan& p = *plan_;
   const std::span<const TensorView* const> all_inputs(input_ptrs_);
@@ -181,7 +198,7 @@ Result<std::vector<TensorView>> Executor::execute() {
         backend_.release_capture(hit->id);
         captures_.erase(hit);
       }
-    } else if (key == last_key_) {  // seen twice: capture it, then launch the capture
+    } else if (key == last_key_ && capture_attempts_left(key)) {  // seen twice: capture it, then launch it
       Result<uint64_t> captured = [&]() -> Result<uint64_t> {
         DJINN_RETURN_IF_ERROR(backend_.begin_capture());
         const Status steps = run_steps();
@@ -198,8 +215,13 @@ Result<std::vector<TensorView>> Executor::execute() {
         }
         captures_.insert(captures_.begin(), Capture{key, plan_, *captured});
         DJINN_ASSIGN_OR_RETURN(ran, backend_.replay(*captured));
+        if (!ran) {  // dropped at once: forget it
+          backend_.release_capture(*captured);
+          captures_.erase(captures_.begin());
+        }
+      } else {  // a failed capture ran nothing: the ops run below, uncaptured
+        note_capture_failure(key);
       }
-      // A failed capture ran nothing: the ops run below, uncaptured.
     }
     last_key_ = std::move(key);
   }
@@ -222,7 +244,8 @@ Result<std::vector<TensorView>> run_planned_step(Executor& executor, PlanCache& 
     DJINN_ASSIGN_OR_RETURN(frame, stack.push(plan->stack_peak_bytes, who));
     DJINN_RETURN_IF_ERROR(executor.bind(std::move(plan), bindings, frame.base()));
   } else {
-    // Io staging: each io input's bytes go to the frame's tail, 256-byte aligned.
+    // Io staging: each io input's bytes go to the frame's tail, at offsets 256-byte
+    // aligned from the frame's base (itself 64-byte aligned).
     constexpr size_t kStagingAlignment = 256;
     auto align = [](size_t n) { return (n + kStagingAlignment - 1) / kStagingAlignment * kStagingAlignment; };
     size_t frame_bytes = align(plan->stack_peak_bytes);

@@ -64,6 +64,12 @@ class Executor {
     uint64_t id = 0;
   };
   static constexpr size_t kMaxCaptures = 4;
+  // Binding states whose capture failed, and how often: tried again at most
+  // kMaxCaptureAttempts times (a failure can be transient: a workspace that had to grow).
+  static constexpr int kMaxCaptureAttempts = 2;
+  std::vector<std::pair<CaptureKey, int>> failed_captures_;
+  bool capture_attempts_left(const CaptureKey& key) const;
+  void note_capture_failure(const CaptureKey& key);
   Status bind_table(Placement kind, std::span<const TensorView> bound, const SymbolBindings& symbols);
 
   Backend& backend_;

@@ -95,9 +95,14 @@ void HostPool::grow_all() {
   growth_done_ = true;
 }
 
+void HostPool::join_grower() {
+  std::lock_guard lock(join_mutex_);
+  if (grower_.joinable()) grower_.join();
+}
+
 HostPool::~HostPool() {
   stopping_.store(true);
-  if (grower_.joinable()) grower_.join();
+  join_grower();
   if (base_ == nullptr) return;
   if (pinner_ != nullptr)
     for (size_t chunk = 0; chunk < pinned_chunks_; ++chunk) pinner_->unpin_host(base_ + chunk * chunk_bytes_);
@@ -105,7 +110,7 @@ HostPool::~HostPool() {
 }
 
 Status HostPool::wait_ready() {
-  if (grower_.joinable()) grower_.join();
+  join_grower();
   std::lock_guard lock(mutex_);
   return growth_status_;
 }

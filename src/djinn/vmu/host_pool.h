@@ -58,6 +58,7 @@ class HostPool {
   static constexpr size_t kSliceAlignment = 256;
   HostPool(std::byte* base, size_t bytes, size_t chunk_bytes, Backend* pinner);
   void grow_all();  // makes every chunk ready, in order
+  void join_grower();  // any thread, any number of times
 
   std::byte* base_;
   size_t reserved_bytes_;
@@ -66,6 +67,7 @@ class HostPool {
   std::atomic<size_t> ready_bytes_{0};
   std::atomic<bool> stopping_{false};
   std::thread grower_;
+  std::mutex join_mutex_;  // serialises joining grower_
   mutable std::mutex mutex_;
   ExtentAllocator allocator_;
   SegmentStats stats_;

@@ -214,7 +214,9 @@ CUstream_st* CudaBackend::stream_for(CopyQueue queue) const {
 }
 
 Status CudaBackend::copy(std::span<const CopyRegion> regions, CopyQueue queue) {
-  forget_narrowed();  // a copy may write anything, the narrowed GEMM input's source too
+  // A compute-queue copy may write a narrowed GEMM input's source. Swap copies write
+  // only arenas and host memory, never an activation (and run on other threads).
+  if (queue == CopyQueue::kCompute) forget_narrowed();
   cudaStream_t stream = stream_for(queue);
   // Several regions (a swap moves every KV slot's used rows): one batched call, so the
   // driver can keep the copy engine busy instead of paying a call per region. Where
@@ -351,7 +353,9 @@ Status CudaBackend::matmul(const TensorView& x, const TensorView& w, bool transp
       narrowed_source_.dtype != source.dtype) {
     forget_narrowed();
     DJINN_CUDA_RETURN_IF_ERROR(gpu::convert_from_f32(x.as<const float>(), x16, w_dtype, m * k, compute_));
-    narrowed_source_ = source;
+    // Kept only if the GEMM below leaves x as it is (out does not overlap it).
+    const auto* out_begin = static_cast<const std::byte*>(out.data);
+    if (out_begin + out.nbytes() <= source.data || source.data + source.bytes <= out_begin) narrowed_source_ = source;
   }
   const cudaDataType_t type = w_dtype == gpu::Dtype::kF16 ? CUDA_R_16F : CUDA_R_16BF;
   DJINN_CUBLAS_RETURN_IF_ERROR(cublasGemmEx(cublas_, op_w, CUBLAS_OP_N, ni, mi, ki, &one, w.data, type, ld_w, x16, type,
@@ -455,7 +459,10 @@ Status CudaBackend::copy_rows(const TensorView& x, int64_t start, int64_t length
 
 Status CudaBackend::run_op(OpKind op, const OpAttrs& a, std::span<const TensorView* const> in, const TensorView& out,
                            const SymbolBindings& /*bindings: positions come from the device instead*/) {
-  forget_narrowed_if_written(out);  // before the op: a failed op may have written part of it
+  // Before the op (a failed op may have written part of its output). An op that writes
+  // KV caches besides its output (batched_decode_attention) forgets outright.
+  if (op_has_trait(op, kWritesKv) && !op_has_trait(op, kAliasesInput0)) forget_narrowed();
+  else forget_narrowed_if_written(out);
   switch (op) {
     case OpKind::kEmbedding: {
       const TensorView &table = *in[0], &ids = *in[1];

@@ -111,8 +111,9 @@ class CudaBackend final : public Backend {
   // Note [Narrowed activations]: a 16-bit GEMM reads x narrowed to the weight's dtype.
   // Consecutive GEMMs of one input (q / k / v projections, gate / up) narrow it once:
   // narrowed_ holds the narrowed copy of `narrowed_source_`, valid until anything may
-  // have written the source — an op whose output overlaps it, any copy() or zero(), a
-  // capture boundary or a replay.
+  // have written the source — an op whose output overlaps it (or that writes KV caches
+  // besides its output), a compute-queue copy() or zero(), a capture boundary or a
+  // replay. Compute thread only.
   struct NarrowedSource {
     const std::byte* data = nullptr;
     size_t bytes = 0;  // of the f32 source
