@@ -75,6 +75,28 @@ TEST(BatchedDecode, RefusesMixedBatchesAndBadInput) {
   EXPECT_EQ((*runtime->session(sa))->length(), 1);
 }
 
+TEST(BatchedDecode, TokensOnlyStepsGiveTheSameTokensWithoutLogits) {
+  auto runtime = make_runtime();
+  const ModelId model = *runtime->load_model("llama-tiny");
+  std::vector<SessionId> with, without;
+  for (int i = 0; i < 2; ++i) {
+    with.push_back(*runtime->open_session(model, 32));
+    without.push_back(*runtime->open_session(model, 32));
+  }
+  std::vector<int32_t> a = {3, 40}, b = a;
+  for (int step = 0; step < 4; ++step) {
+    const std::vector<ForwardResult> full = *runtime->decode_batch(with, a);
+    const std::vector<ForwardResult> lean = *runtime->decode_batch(without, b, /*with_logits=*/false);
+    for (size_t i = 0; i < full.size(); ++i) {
+      EXPECT_FALSE(full[i].logits.empty());
+      EXPECT_TRUE(lean[i].logits.empty());
+      EXPECT_EQ(lean[i].next_token, full[i].next_token);
+      a[i] = full[i].next_token;
+      b[i] = lean[i].next_token;
+    }
+  }
+}
+
 TEST(BatchedDecode, ASwappedSessionIsSwappedInForTheBatch) {
   RuntimeOptions options;
   options.device_mem_gb = 0.25;

@@ -81,7 +81,8 @@ Result<nlohmann::json> batched_decode(LoadedModel& loaded, std::span<const int32
   for (int64_t step = 0; step <= steps; ++step) {  // step 0 warms up (plans the batch graph)
     const double context = static_cast<double>(static_cast<int64_t>(prompt.size()) + step + 1);  // keys read, each
     const auto start = Clock::now();
-    Result<std::vector<ForwardResult>> results = runtime.decode_batch(sessions, tokens);
+    // Tokens only, as the server's Generate path steps (no logits to the host).
+    Result<std::vector<ForwardResult>> results = runtime.decode_batch(sessions, tokens, /*with_logits=*/false);
     const double ms = ms_since(start);
     if (!results.ok()) {
       close_all();

@@ -582,7 +582,7 @@ void Server::run_decode_step() {
     std::vector<int32_t> tokens;
     for (SessionId id : ids) tokens.push_back(generating_.at(id).tokens.back());
     const auto start = Clock::now();
-    Result<std::vector<ForwardResult>> results = runtime_->decode_batch(ids, tokens);
+    Result<std::vector<ForwardResult>> results = runtime_->decode_batch(ids, tokens, /*with_logits=*/false);
     const double step_ms = us_since(start) / 1e3;
     const auto end = Clock::now();
     ++counters_.decode_steps;

@@ -185,7 +185,8 @@ Result<GenerateResult> Runtime::generate(SessionId id, std::span<const int32_t> 
   return s->generate(prompt, max_new_tokens);
 }
 
-Result<std::vector<ForwardResult>> Runtime::decode_batch(std::span<const SessionId> ids, std::span<const int32_t> tokens) {
+Result<std::vector<ForwardResult>> Runtime::decode_batch(std::span<const SessionId> ids, std::span<const int32_t> tokens,
+                                                         bool with_logits) {
   if (ids.size() != tokens.size() || ids.empty())
     return invalid_argument(fmt::format("decode_batch: {} sessions but {} tokens", ids.size(), tokens.size()));
   std::vector<InferenceSession*> sessions;
@@ -230,15 +231,16 @@ Result<std::vector<ForwardResult>> Runtime::decode_batch(std::span<const Session
                                           "batched decode", frame, &timing));
 
   const auto vocab = static_cast<size_t>(model.config().vocab_size);
-  std::vector<float> logits(sessions.size() * vocab);
+  std::vector<float> logits(with_logits ? sessions.size() * vocab : 0);
   std::vector<int32_t> next(sessions.size());
-  const CopyRegion reads[] = {{logits.data(), outputs[0].data, outputs[0].nbytes()},
-                              {next.data(), outputs[1].data, outputs[1].nbytes()}};
+  const CopyRegion reads[] = {{next.data(), outputs[1].data, outputs[1].nbytes()},
+                              {logits.data(), outputs[0].data, with_logits ? outputs[0].nbytes() : 0}};
   DJINN_RETURN_IF_ERROR(backend_->copy(reads, CopyQueue::kCompute));
   std::vector<ForwardResult> results(sessions.size());
   for (size_t b = 0; b < sessions.size(); ++b) {
-    results[b].logits.assign(logits.begin() + static_cast<std::ptrdiff_t>(b * vocab),
-                             logits.begin() + static_cast<std::ptrdiff_t>((b + 1) * vocab));
+    if (with_logits)
+      results[b].logits.assign(logits.begin() + static_cast<std::ptrdiff_t>(b * vocab),
+                               logits.begin() + static_cast<std::ptrdiff_t>((b + 1) * vocab));
     results[b].rows = 1;
     results[b].next_token = next[b];
     results[b].dispatch_us = timing.dispatch_us;

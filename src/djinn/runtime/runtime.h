@@ -73,7 +73,10 @@ class Runtime {
   // model and a context capacity (else: invalid argument; run them one by one). The
   // result equals forward(sessions[i], {tokens[i]}) for each, up to float rounding of
   // the batched GEMMs; results[i].dispatch_us / compute_us are the batch's.
-  Result<std::vector<ForwardResult>> decode_batch(std::span<const SessionId> sessions, std::span<const int32_t> tokens);
+  // `with_logits` false: only next_token is filled in (the server's Generate path; on a
+  // GPU it saves moving batch x vocab floats to the host every step).
+  Result<std::vector<ForwardResult>> decode_batch(std::span<const SessionId> sessions, std::span<const int32_t> tokens,
+                                                  bool with_logits = true);
   // Runs `graph` through the plan cache. `inputs` has one view per graph input in
   // value-id order (weights, kv and io alike; kv inputs are updated in place).
   Result<std::vector<HostTensor>> run_graph(const Graph& graph, std::span<const TensorView> inputs,
