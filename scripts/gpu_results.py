@@ -109,6 +109,19 @@ def main():
             parts.append(f"{r['op']} native {r['native_us_p50']:.0f} µs, warm {r['warm_us_p50']:.0f} µs, "
                          f"cold {r['cold_us']:.0f} µs")
         lines.append(f"os-tax on cuda over {ostax['transport']} (floor {ostax['floor_us_p50']:.1f} µs): " + "; ".join(parts) + ".")
+    for name, what in (("profile_decode_llama13b.err", "single-session decode, 64 steps, short context"),
+                       ("profile_decode_llama13b_batch8.err", "the same plus 64 batched steps of 8 sessions")):
+        if (src / name).exists():
+            text = (src / name).read_text()
+            if "cuda op profile" in text:
+                table = text[text.index("cuda op profile"):].splitlines()
+                body = [table[0]] + [l for l in table[1:] if l.startswith("  ")]
+                lines.append("")
+                lines.append(f"GPU time by op ({what}; `DJINN_CUDA_OP_PROFILE=1`, steps uncaptured):")
+                lines.append("")
+                lines.append("```")
+                lines.extend(body)
+                lines.append("```")
     if (src / "tests.txt").exists():
         lines.append("")
         lines.append("CUDA tests on this GPU: " + " ".join((src / "tests.txt").read_text().split()) + ".")

@@ -32,8 +32,8 @@ for t in bundle/bin/backend_cuda_test; do
 done | tee "$out/tests.txt"
 
 # GPU benchmarks, each with its baseline measured in the same run (see bench_decode.h,
-# bench_swap.cc). DJINN_GPU_BENCH selects a subset: gpt2, decode13b, swap, ostax, pool.
-want() { [[ " ${DJINN_GPU_BENCH:-gpt2 decode13b swap ostax pool} " == *" $1 "* ]]; }
+# bench_swap.cc). DJINN_GPU_BENCH selects a subset: gpt2, decode13b, profile, swap, ostax, pool.
+want() { [[ " ${DJINN_GPU_BENCH:-gpt2 decode13b profile swap ostax pool} " == *" $1 "* ]]; }
 bench() {  # name, then the djinn arguments
   local name=$1; shift
   echo "== $name: djinn $*"
@@ -48,6 +48,18 @@ if want decode13b; then
   bench bench_decode_llama13b_cuda_nographs bench decode --model llama-2-13b --dtype f16 \
     --device cuda --prompt-len 2048 --n-tokens 32 --repeats 1 --batches 16
   unset DJINN_CUDA_GRAPHS
+fi
+if want profile; then
+  # Where a decode step's GPU time goes, by op kind (DJINN_CUDA_OP_PROFILE=1: steps run
+  # uncaptured, each op between two events; the table is logged on stderr at exit).
+  # Short prompts keep prefill out of the totals; the second run adds batched steps of 8.
+  export DJINN_CUDA_OP_PROFILE=1
+  bench profile_decode_llama13b bench decode --model llama-2-13b --dtype f16 --device cuda --prompt-len 16 \
+    --n-tokens 64 --repeats 1
+  bench profile_decode_llama13b_batch8 bench decode --model llama-2-13b --dtype f16 --device cuda --prompt-len 16 \
+    --n-tokens 64 --repeats 1 --batches 8
+  unset DJINN_CUDA_OP_PROFILE
+  grep -A30 "cuda op profile" "$out/profile_decode_llama13b.err" | head -25
 fi
 if want swap; then bench bench_swap_cuda bench swap --device cuda --max-mb 1024; fi
 if want ostax; then bench bench_os_tax_cuda bench os-tax --device cuda --listen tcp; fi

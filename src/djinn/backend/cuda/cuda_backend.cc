@@ -5,7 +5,11 @@
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <climits>
+#include <cstdio>
+#include <cstdlib>
+#include <string_view>
 #include <optional>
 
 #include "djinn/backend/cuda/cuda_kernels.h"
@@ -124,6 +128,8 @@ Result<std::unique_ptr<CudaBackend>> CudaBackend::create() {
 
 Status CudaBackend::init() {
   DJINN_CUDA_RETURN_IF_ERROR(cudaSetDevice(0));
+  if (const char* env = std::getenv("DJINN_CUDA_OP_PROFILE"); env != nullptr && std::string_view(env) == "1")
+    profile_.enabled = true;
   DJINN_CUDA_RETURN_IF_ERROR(cudaDeviceGetAttribute(&sm_count_, cudaDevAttrMultiProcessorCount, 0));
   DJINN_CUDA_RETURN_IF_ERROR(cudaStreamCreateWithFlags(&compute_, cudaStreamNonBlocking));
   DJINN_CUDA_RETURN_IF_ERROR(cudaStreamCreateWithFlags(&swap_out_, cudaStreamNonBlocking));
@@ -151,6 +157,11 @@ CudaBackend::~CudaBackend() {
   for (CUstream_st* stream : {compute_, swap_out_, swap_in_})
     if (stream != nullptr) check(cudaStreamSynchronize(stream), "cudaStreamSynchronize");
   drop_captures();
+  if (profile_.enabled) {
+    collect_profile();
+    log_profile();
+    for (CUevent_st* event : profile_.spare) check(cudaEventDestroy(event), "cudaEventDestroy");
+  }
   if (cublas_ != nullptr && cublasDestroy(cublas_) != CUBLAS_STATUS_SUCCESS)
     spdlog::warn("cuda backend teardown: cublasDestroy failed");
   if (cublas_workspace_ != nullptr) check(cudaFree(cublas_workspace_), "cudaFree(cublas workspace)");
@@ -257,6 +268,7 @@ Status CudaBackend::synchronize() {
   DJINN_CUDA_RETURN_IF_ERROR(
       cudaMemcpyAsync(error_host_, error_, sizeof(gpu::DeviceError), cudaMemcpyDeviceToHost, compute_));
   DJINN_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(compute_));
+  if (profile_.enabled) collect_profile();
   if (error_host_->code == gpu::kNoDeviceError) return {};
   const gpu::DeviceError recorded = *error_host_;
   *error_host_ = gpu::DeviceError{};
@@ -457,8 +469,60 @@ Status CudaBackend::copy_rows(const TensorView& x, int64_t start, int64_t length
   return {};
 }
 
-Status CudaBackend::run_op(OpKind op, const OpAttrs& a, std::span<const TensorView* const> in, const TensorView& out,
-                           const SymbolBindings& /*bindings: positions come from the device instead*/) {
+Status CudaBackend::run_op(OpKind op, const OpAttrs& attrs, std::span<const TensorView* const> inputs,
+                           const TensorView& output, const SymbolBindings& /*bindings: positions come from the device*/) {
+  if (!profile_.enabled || capturing_) return dispatch_op(op, attrs, inputs, output);
+  CUevent_st* start = profile_event();
+  CUevent_st* end = profile_event();
+  if (start == nullptr || end == nullptr) return dispatch_op(op, attrs, inputs, output);
+  (void)cudaEventRecord(start, compute_);
+  const Status status = dispatch_op(op, attrs, inputs, output);
+  (void)cudaEventRecord(end, compute_);
+  profile_.pending.emplace_back(op, start, end);
+  return status;
+}
+
+CUevent_st* CudaBackend::profile_event() {
+  if (!profile_.spare.empty()) {
+    CUevent_st* event = profile_.spare.back();
+    profile_.spare.pop_back();
+    return event;
+  }
+  cudaEvent_t event = nullptr;
+  return cudaEventCreate(&event) == cudaSuccess ? event : nullptr;
+}
+
+// After the compute stream synchronized: every pending pair has completed.
+void CudaBackend::collect_profile() {
+  for (auto& [op, start, end] : profile_.pending) {
+    float ms = 0;
+    if (cudaEventElapsedTime(&ms, start, end) == cudaSuccess) {
+      profile_.ms[static_cast<size_t>(op)] += ms;
+      ++profile_.count[static_cast<size_t>(op)];
+    }
+    profile_.spare.push_back(start);
+    profile_.spare.push_back(end);
+  }
+  profile_.pending.clear();
+}
+
+void CudaBackend::log_profile() const {
+  double total = 0;
+  for (double ms : profile_.ms) total += ms;
+  std::vector<size_t> order;
+  for (size_t i = 0; i < profile_.ms.size(); ++i)
+    if (profile_.count[i] > 0) order.push_back(i);
+  std::sort(order.begin(), order.end(), [&](size_t a, size_t b) { return profile_.ms[a] > profile_.ms[b]; });
+  std::string table = fmt::format("cuda op profile: {:.3f} ms of GPU time in ops", total);
+  for (size_t i : order)
+    table += fmt::format("\n  {:<26} {:>10.3f} ms {:>5.1f}% {:>9} ops {:>9.2f} us/op", op_name(static_cast<OpKind>(i)),
+                         profile_.ms[i], 100.0 * profile_.ms[i] / std::max(total, 1e-9), profile_.count[i],
+                         1e3 * profile_.ms[i] / static_cast<double>(profile_.count[i]));
+  std::fprintf(stderr, "%s\n", table.c_str());  // asked for by name: not subject to the log level
+}
+
+Status CudaBackend::dispatch_op(OpKind op, const OpAttrs& a, std::span<const TensorView* const> in,
+                                const TensorView& out) {
   // Before the op (a failed op may have written part of its output). An op that writes
   // KV caches besides its output (batched_decode_attention) forgets outright.
   if (op_has_trait(op, kWritesKv) && !op_has_trait(op, kAliasesInput0)) forget_narrowed();

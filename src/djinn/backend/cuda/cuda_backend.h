@@ -24,7 +24,9 @@
 //  - a 32-byte device error record and its pinned host mirror.
 #pragma once
 
+#include <array>
 #include <cstddef>
+#include <tuple>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -36,6 +38,7 @@
 struct CUstream_st;
 struct cublasContext;
 struct CUgraphExec_st;
+struct CUevent_st;
 
 namespace djinn {
 namespace gpu {
@@ -69,7 +72,7 @@ class CudaBackend final : public Backend {
   // Step capture: CUDA stream capture of the compute stream (thread-local mode, so the
   // swap threads' copies are unaffected) into an instantiated graph. Growing the
   // workspace invalidates every capture (they point at the old buffer).
-  bool supports_capture() const override { return true; }
+  bool supports_capture() const override { return !profile_.enabled; }
   Status begin_capture() override;
   Result<uint64_t> end_capture() override;
   void abort_capture() override;
@@ -94,6 +97,23 @@ class CudaBackend final : public Backend {
                                   const TensorView& positions, std::span<const TensorView* const> caches,
                                   const OpAttrs& attrs, const TensorView& out);
   Status copy_rows(const TensorView& x, int64_t start, int64_t length, const TensorView& out);
+  Status dispatch_op(OpKind op, const OpAttrs& attrs, std::span<const TensorView* const> inputs, const TensorView& output);
+
+  // Per-op GPU time (DJINN_CUDA_OP_PROFILE=1, e.g. for bench decode): every op is
+  // bracketed by two events on the compute stream, the times are summed by op kind at
+  // each synchronize(), and the totals are printed on stderr when the backend goes. Steps
+  // are then not captured (events inside a graph cannot be timed this way).
+  struct OpProfile {
+    bool enabled = false;
+    std::vector<std::tuple<OpKind, CUevent_st*, CUevent_st*>> pending;  // issued, not yet read
+    std::vector<CUevent_st*> spare;
+    std::array<double, kNumOps> ms{};
+    std::array<uint64_t, kNumOps> count{};
+  };
+  OpProfile profile_;
+  CUevent_st* profile_event();
+  void collect_profile();
+  void log_profile() const;
 
   int sm_count_ = 0;
   CUstream_st* compute_ = nullptr;
