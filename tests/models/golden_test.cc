@@ -5,6 +5,7 @@
 #include <cmath>
 #include <filesystem>
 
+#include "golden/golden_expected.h"
 #include "djinn/backend/cpu/cpu_backend.h"
 #include "djinn/exec/inference_session.h"
 #include "djinn/models/model.h"
@@ -13,26 +14,8 @@
 namespace djinn {
 namespace {
 
-struct Expected {
-  std::vector<int32_t> input_ids, generated_ids;
-  std::vector<float> logits;  // [T, vocab]
-};
-
-Expected read_expected(const std::filesystem::path& dir) {
-  const auto file = *SafetensorsFile::open(dir / "expected.safetensors");
-  Expected e;
-  auto ids = [&](const char* name) {
-    const TensorView view = *file.tensor(name);
-    std::vector<int32_t> out;
-    for (int64_t i = 0; i < view.numel(); ++i) out.push_back(static_cast<int32_t>(view.as<int64_t>()[i]));
-    return out;
-  };
-  e.input_ids = ids("input_ids");
-  e.generated_ids = ids("generated_ids");
-  const TensorView logits = *file.tensor("logits");
-  e.logits.assign(logits.as<float>(), logits.as<float>() + logits.numel());
-  return e;
-}
+using golden::Expected;
+using golden::read_expected;
 
 class GoldenTest : public ::testing::TestWithParam<std::string> {};
 

@@ -288,46 +288,38 @@ void CudaBackend::unpin_host(void* pointer) {
   if (error != cudaSuccess) spdlog::warn("cuda backend: cudaHostUnregister failed: {}", cudaGetErrorString(error));
 }
 
-Result<void*> CudaBackend::narrowed_buffer(size_t bytes) {
-  if (bytes <= narrowed_size_) return narrowed_;
-  if (capturing_) return unavailable("cuda backend: the narrowing buffer must grow; not during a capture");
-  drop_captures();  // they point at the old buffer
+// Grows one of the backend's buffers to at least `bytes` (1 MiB granules). Growing
+// inside a capture would bake a buffer about to be freed into the graph (and the
+// synchronize below is illegal there): it fails the capture instead; the caller runs
+// the step uncaptured, which grows the buffer. Every capture points at the old buffer:
+// all are dropped.
+Result<void*> CudaBackend::grow(void*& buffer, size_t& size, size_t bytes, const char* what) {
+  if (bytes <= size) return buffer;
+  if (capturing_) return unavailable(fmt::format("cuda backend: the {} must grow; not during a capture", what));
+  drop_captures();
   forget_narrowed();
-  DJINN_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(compute_));
-  if (narrowed_ != nullptr) DJINN_CUDA_RETURN_IF_ERROR(cudaFree(narrowed_));
-  narrowed_ = nullptr;
-  narrowed_size_ = 0;
+  DJINN_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(compute_));  // kernels may still use the old buffer
+  if (buffer != nullptr) DJINN_CUDA_RETURN_IF_ERROR(cudaFree(buffer));
+  buffer = nullptr;
+  size = 0;
   constexpr size_t kGranule = size_t{1} << 20;
-  const size_t size = (bytes + kGranule - 1) / kGranule * kGranule;
-  DJINN_CUDA_RETURN_IF_ERROR(cudaMalloc(&narrowed_, size));
-  narrowed_size_ = size;
-  return narrowed_;
+  const size_t rounded = (bytes + kGranule - 1) / kGranule * kGranule;
+  DJINN_CUDA_RETURN_IF_ERROR(cudaMalloc(&buffer, rounded));
+  size = rounded;
+  return buffer;
 }
+
+Result<void*> CudaBackend::narrowed_buffer(size_t bytes) {
+  return grow(narrowed_, narrowed_size_, bytes, "narrowing buffer");
+}
+
+Result<void*> CudaBackend::workspace(size_t bytes) { return grow(workspace_, workspace_size_, bytes, "workspace"); }
 
 void CudaBackend::forget_narrowed_if_written(const TensorView& out) {
   if (narrowed_source_.dtype < 0) return;
   const auto* begin = static_cast<const std::byte*>(out.data);
   const std::byte* end = begin + out.nbytes();
   if (begin < narrowed_source_.data + narrowed_source_.bytes && narrowed_source_.data < end) forget_narrowed();
-}
-
-Result<void*> CudaBackend::workspace(size_t bytes) {
-  if (bytes <= workspace_size_) return workspace_;
-  // Growing inside a capture would bake a buffer about to be freed into the graph (and
-  // the synchronize below is illegal there): fail the capture; the caller runs the
-  // step uncaptured, which grows the workspace.
-  if (capturing_) return unavailable("cuda backend: the workspace must grow; not during a capture");
-  drop_captures();  // they point at the old buffer
-  // Kernels issued earlier may still be using the old buffer.
-  DJINN_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(compute_));
-  if (workspace_ != nullptr) DJINN_CUDA_RETURN_IF_ERROR(cudaFree(workspace_));
-  workspace_ = nullptr;
-  workspace_size_ = 0;
-  constexpr size_t kGranule = size_t{1} << 20;
-  const size_t size = (bytes + kGranule - 1) / kGranule * kGranule;
-  DJINN_CUDA_RETURN_IF_ERROR(cudaMalloc(&workspace_, size));
-  workspace_size_ = size;
-  return workspace_;
 }
 
 // ---------------------------------------------------------------------------------

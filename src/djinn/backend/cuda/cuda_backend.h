@@ -143,6 +143,7 @@ class CudaBackend final : public Backend {
   void* narrowed_ = nullptr;
   size_t narrowed_size_ = 0;
   Result<void*> narrowed_buffer(size_t bytes);
+  Result<void*> grow(void*& buffer, size_t& size, size_t bytes, const char* what);
   void forget_narrowed() { narrowed_source_ = {}; }
   void forget_narrowed_if_written(const TensorView& out);
 
