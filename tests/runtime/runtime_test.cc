@@ -205,6 +205,26 @@ TEST(Runtime, DefaultArenaIsTheFirstSessionsNeed) {
   (void)s;
 }
 
+TEST(Runtime, ReservesThePrefillStackWhenAModelLoads) {
+  RuntimeOptions options;
+  options.device_mem_gb = 0.25;
+  options.reserve_prefill_tokens = 48;
+  auto runtime = *Runtime::create(options);
+  EXPECT_EQ(runtime->vmu().stack().stats().capacity, 0u);
+  const ModelId model = *runtime->load_model("gpt2-tiny");
+  const size_t reserved = runtime->vmu().stack().stats().capacity;
+  EXPECT_GT(reserved, 0u);
+  // A first prompt of that length finds its activation memory there: the stack does not grow.
+  const SessionId s = *runtime->open_session(model, 64);
+  const int64_t vocab = (*runtime->model(model))->config().vocab_size;
+  ASSERT_TRUE(runtime->forward(s, prompt_of(48, static_cast<int>(vocab))).ok());
+  EXPECT_EQ(runtime->vmu().stack().stats().capacity, reserved);
+  // Without the option nothing is reserved up front.
+  auto lazy = make_runtime();
+  (void)*lazy->load_model("gpt2-tiny");
+  EXPECT_EQ(lazy->vmu().stack().stats().capacity, 0u);
+}
+
 TEST(Runtime, RunsAnArbitrarySmallGraph) {
   auto runtime = make_runtime();
   Graph g(Phase::kPrefill);

@@ -45,12 +45,17 @@ Command add_serve_command(CLI::App& app) {
   s.runtime.host_pool_gb = 1.0;  // swap space by default; reserved at start, made ready in the background
   s.runtime.host_pool_background = true;
   s.admission_timeout_s = 10;    // a new session waits this long for an arena
+  s.runtime.reserve_prefill_tokens = 512;  // first prompts find their activation memory ready
   CLI::App* command = app.add_subcommand("serve", "Serve sessions over ZeroMQ until SIGINT / SIGTERM");
   command->add_option("--listen", s.listen, "tcp://host:port, ipc://path or inproc://name (repeatable)");
   command->add_option("--device", options->device, "cpu or cuda")->check(CLI::IsMember({"cpu", "cuda"}));
   command->add_option("--device-mem-gb", s.runtime.device_mem_gb, "cap on the device memory the VMU manages, GiB")
       ->check(CLI::PositiveNumber);
   command->add_option("--arena-mb", s.runtime.arena_mb, "session arena size, MiB")->check(CLI::PositiveNumber);
+  command->add_option("--reserve-prefill-tokens", s.runtime.reserve_prefill_tokens,
+                      "when a model loads, reserve activation memory for a prompt of this many tokens (default 512; 0: "
+                      "grow on first use)")
+      ->check(CLI::NonNegativeNumber);
   command->add_option("--host-swap-pool-gb", s.runtime.host_pool_gb, "host memory reserved for swapped sessions, GiB (default 1)")
       ->check(CLI::NonNegativeNumber);
   command->add_option("--policy", s.policy, "proactive, reactive, none or lru")

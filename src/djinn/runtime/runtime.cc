@@ -6,6 +6,8 @@
 #include <chrono>
 #include <cstdlib>
 
+#include "djinn/meta/meta_simulator.h"
+
 namespace djinn {
 namespace {
 
@@ -44,14 +46,15 @@ Result<std::unique_ptr<Runtime>> Runtime::create(std::unique_ptr<Backend> backen
   vmu_options.host_pool_bytes = static_cast<size_t>(options.host_pool_gb * kGiB);
   vmu_options.host_pool_growth = options.host_pool_background ? HostPool::Growth::kBackground : HostPool::Growth::kNow;
   DJINN_ASSIGN_OR_RETURN(std::unique_ptr<Vmu> vmu, Vmu::create(*backend, vmu_options));
-  return std::unique_ptr<Runtime>(new Runtime(std::move(backend), std::move(vmu), options.plan_cache_entries));
+  return std::unique_ptr<Runtime>(new Runtime(std::move(backend), std::move(vmu), options));
 }
 
-Runtime::Runtime(std::unique_ptr<Backend> backend, std::unique_ptr<Vmu> vmu, size_t plan_cache_entries)
+Runtime::Runtime(std::unique_ptr<Backend> backend, std::unique_ptr<Vmu> vmu, const RuntimeOptions& options)
     : backend_(std::move(backend)),
       vmu_(std::move(vmu)),
+      reserve_prefill_tokens_(options.reserve_prefill_tokens),
       swap_(std::make_unique<SwapManager>(*backend_, vmu_->host_pool(), vmu_->data())),
-      plan_cache_(plan_cache_entries),
+      plan_cache_(options.plan_cache_entries),
       graph_executor_(*backend_),
       batch_executor_(*backend_) {}
 
@@ -77,9 +80,29 @@ Result<ModelId> Runtime::load_model(const std::string& source, const LoadOptions
   if (!backend_->host_addressable())
     with_text.upload = [this](void* dst, const void* src, size_t bytes) { return backend_->upload(dst, src, bytes); };
   DJINN_ASSIGN_OR_RETURN(std::shared_ptr<const Model> model, Model::load(source, with_text));
+  DJINN_RETURN_IF_ERROR(reserve_prefill_stack(*model));
   const ModelId id = next_model_id_++;
   models_.emplace(id, LoadedModel{key, std::move(model), 1});
   return id;
+}
+
+Status Runtime::reserve_prefill_stack(const Model& model) {
+  const int64_t tokens = std::min(reserve_prefill_tokens_, model.config().max_positions);
+  if (tokens <= 0) return {};
+  GraphOptions options;
+  options.phase = Phase::kPrefill;
+  options.kv_capacity = tokens;
+  options.weight_dtype = options.kv_dtype = model.dtype();
+  const ModelGraph graph = build_model_graph(model.config(), options);
+  // Planned outside the cache: the sessions' graphs differ (their KV capacity), only
+  // the activation sizes matter here. Plus the io staging a device backend adds.
+  DJINN_ASSIGN_OR_RETURN(const Plan plan, simulate(graph.graph, {.seq = tokens, .past = 0}));
+  constexpr size_t kStaging = 4096;
+  const size_t io_bytes = 2 * (static_cast<size_t>(tokens) * sizeof(int32_t) + kStaging);
+  const Status reserved = vmu_->stack().reserve(plan.stack_peak_bytes + io_bytes, fmt::format("{} prefill of {} tokens",
+                                                                                              model.config().name, tokens));
+  if (reserved.code() == StatusCode::kOutOfMemory) return {};  // best effort: the stack grows on first use instead
+  return reserved;
 }
 
 Status Runtime::unload_model(ModelId id) {

@@ -39,6 +39,10 @@ struct RuntimeOptions {
   // Make the host pool ready (populated, pinned) in the background after create():
   // a server with a large pool serves at once (see HostPool).
   bool host_pool_background = false;
+  // When a model loads, grow the Stack segment to what a prefill of this many tokens
+  // needs (at most the model's context), so a session's first long prompt does not pay
+  // for growing and faulting in activation memory. 0: grow on first use.
+  int64_t reserve_prefill_tokens = 0;
   size_t plan_cache_entries = 64;
 };
 
@@ -99,12 +103,15 @@ class Runtime {
     std::shared_ptr<const Model> model;
     int64_t refcount = 0;
   };
-  Runtime(std::unique_ptr<Backend> backend, std::unique_ptr<Vmu> vmu, size_t plan_cache_entries);
+  Runtime(std::unique_ptr<Backend> backend, std::unique_ptr<Vmu> vmu, const RuntimeOptions& options);
+  // RuntimeOptions::reserve_prefill_tokens for `model`.
+  Status reserve_prefill_stack(const Model& model);
   // The session, resident: a swapped session is swapped in (and settled) first.
   Result<InferenceSession*> resident_session(SessionId session);
 
   std::unique_ptr<Backend> backend_;
   std::unique_ptr<Vmu> vmu_;
+  int64_t reserve_prefill_tokens_ = 0;
   std::unique_ptr<SwapManager> swap_;  // outlives the sessions (declared before them)
   PlanCache plan_cache_;
   std::map<ModelId, LoadedModel> models_;
