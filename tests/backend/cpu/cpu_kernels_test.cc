@@ -519,6 +519,21 @@ TEST(CpuSilu, ExtremesStayFinite) {
 // softmax
 // ---------------------------------------------------------------------------------
 
+TEST(CpuSoftmax, VocabularyWideRowsStayWithinF32Rounding) {
+  // A 50257-wide row (GPT-2's vocabulary): a running f32 sum drifted ~5e-5 relative.
+  const int64_t cols = 50257;
+  auto x = random_floats(sz(cols), 77, -8, 8);
+  std::vector<float> out(x.size());
+  ASSERT_TRUE(cpu::softmax(f32_view(x, {1, cols}), f32_view(out, {1, cols})).ok());
+  const std::vector<double> want = ref_softmax(x, 1, cols);
+  double diff = 0, norm = 0;
+  for (size_t i = 0; i < out.size(); ++i) {
+    diff += (out[i] - want[i]) * (out[i] - want[i]);
+    norm += want[i] * want[i];
+  }
+  EXPECT_LT(std::sqrt(diff / norm), 1e-6);
+}
+
 TEST(CpuSoftmax, MatchesReferenceAndRowsSumToOne) {
   uint32_t seed = 1500;
   for (int64_t rows : kAwkward)
