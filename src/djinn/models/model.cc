@@ -10,9 +10,9 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <set>
-#include <thread>
 #include <vector>
 
+#include "djinn/core/parallel.h"
 #include "djinn/models/safetensors.h"
 
 namespace djinn {
@@ -66,13 +66,7 @@ void fill_random(const TensorView& view, WeightInit init, float std_dev, uint64_
                        static_cast<std::byte*>(view.data) + static_cast<size_t>(at) * dtype_size(view.dtype));
     }
   };
-  const unsigned threads = n < (1 << 20) ? 1u : std::max(1u, std::thread::hardware_concurrency());
-  std::vector<std::thread> workers;
-  const int64_t per_thread = (n + threads - 1) / threads;
-  for (unsigned t = 1; t < threads; ++t)
-    workers.emplace_back(fill_range, std::min(n, t * per_thread), std::min(n, (t + 1) * per_thread));
-  fill_range(0, std::min(n, per_thread));
-  for (std::thread& w : workers) w.join();
+  parallel_ranges(n, int64_t{1} << 20, fill_range);
 }
 
 // Opens the checkpoint of `dir`: model.safetensors, or the shards named by

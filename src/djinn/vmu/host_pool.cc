@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "djinn/backend/backend.h"
+#include "djinn/core/parallel.h"
 #include "djinn/vmu/vmu_region.h"
 
 namespace djinn {
@@ -17,17 +18,11 @@ constexpr size_t kPage = 4096;
 
 // Touches every page of [begin, begin + bytes) from all cores at once.
 void populate(std::byte* begin, size_t bytes) {
-  const unsigned threads = bytes < (size_t{64} << 20) ? 1u : std::max(1u, std::thread::hardware_concurrency());
-  const size_t pages = (bytes + kPage - 1) / kPage;
-  auto touch = [&](size_t first, size_t last) {
-    for (size_t page = first; page < last; ++page) begin[page * kPage] = std::byte{0};
-  };
-  std::vector<std::thread> workers;
-  const size_t per_thread = (pages + threads - 1) / threads;
-  for (unsigned t = 1; t < threads; ++t)
-    workers.emplace_back(touch, std::min(pages, t * per_thread), std::min(pages, (t + 1) * per_thread));
-  touch(0, std::min(pages, per_thread));
-  for (std::thread& w : workers) w.join();
+  const auto pages = static_cast<int64_t>((bytes + kPage - 1) / kPage);
+  constexpr int64_t kSerialBelow = (int64_t{64} << 20) / static_cast<int64_t>(kPage);  // 64 MiB
+  parallel_ranges(pages, kSerialBelow, [begin](int64_t first, int64_t last) {
+    for (int64_t page = first; page < last; ++page) begin[static_cast<size_t>(page) * kPage] = std::byte{0};
+  });
 }
 
 }  // namespace
