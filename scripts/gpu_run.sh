@@ -48,6 +48,11 @@ if want decode13b; then
   bench bench_decode_llama13b_cuda_nographs bench decode --model llama-2-13b --dtype f16 \
     --device cuda --prompt-len 2048 --n-tokens 32 --repeats 1 --batches 16
   unset DJINN_CUDA_GRAPHS
+  # And with cuBLAS's default GEMM algorithms instead of the tuned cuBLASLt ones.
+  export DJINN_CUBLASLT=0
+  bench bench_decode_llama13b_cuda_gemmex bench decode --model llama-2-13b --dtype f16 \
+    --device cuda --prompt-len 2048 --n-tokens 32 --repeats 1 --batches 8,16
+  unset DJINN_CUBLASLT
 fi
 if want profile; then
   # Where a decode step's GPU time goes, by op kind (DJINN_CUDA_OP_PROFILE=1: steps run

@@ -13,38 +13,8 @@
 #include <optional>
 
 #include "djinn/backend/cuda/cuda_kernels.h"
-
-namespace djinn {
-namespace {
-
-Status cuda_status(cudaError_t error, const char* expression) {
-  std::string message = fmt::format("{} failed: {} ({})", expression, cudaGetErrorString(error), cudaGetErrorName(error));
-  if (error == cudaErrorMemoryAllocation) return out_of_memory(std::move(message));
-  return internal_error(std::move(message));
-}
-
-Status cublas_status(cublasStatus_t status, const char* expression) {
-  std::string message = fmt::format("{} failed: {}", expression, cublasGetStatusString(status));
-  if (status == CUBLAS_STATUS_ALLOC_FAILED) return out_of_memory(std::move(message));
-  return internal_error(std::move(message));
-}
-
-}  // namespace
-}  // namespace djinn
-
-// Returns a Status naming `expr` and the CUDA error if `expr` is not cudaSuccess.
-#define DJINN_CUDA_RETURN_IF_ERROR(expr)                                          \
-  do {                                                                            \
-    const cudaError_t djinn_cuda_error_ = (expr);                                 \
-    if (djinn_cuda_error_ != cudaSuccess) return ::djinn::cuda_status(djinn_cuda_error_, #expr); \
-  } while (0)
-
-#define DJINN_CUBLAS_RETURN_IF_ERROR(expr)                                              \
-  do {                                                                                  \
-    const cublasStatus_t djinn_cublas_status_ = (expr);                                 \
-    if (djinn_cublas_status_ != CUBLAS_STATUS_SUCCESS)                                  \
-      return ::djinn::cublas_status(djinn_cublas_status_, #expr);                       \
-  } while (0)
+#include "djinn/backend/cuda/cuda_status.h"
+#include "djinn/backend/cuda/tuned_gemm.h"
 
 namespace djinn {
 namespace {
@@ -143,6 +113,11 @@ Status CudaBackend::init() {
   // cublasSetStream resets the workspace to cuBLAS's own pool: set the stream first.
   DJINN_CUBLAS_RETURN_IF_ERROR(cublasSetStream(cublas_, compute_));
   DJINN_CUBLAS_RETURN_IF_ERROR(cublasSetWorkspace(cublas_, cublas_workspace_, kCublasWorkspaceBytes));
+  if (const char* env = std::getenv("DJINN_CUBLASLT"); env == nullptr || std::string_view(env) != "0") {
+    tuned_gemm_ = std::make_unique<TunedGemm>();
+    // cuBLAS and cuBLASLt share the workspace: both run in the compute stream's order.
+    DJINN_RETURN_IF_ERROR(tuned_gemm_->init(cublas_workspace_, kCublasWorkspaceBytes));
+  }
   // f32 GEMMs stay f32 (no TF32): the golden tests hold logits to 1e-3.
   DJINN_CUBLAS_RETURN_IF_ERROR(cublasSetMathMode(cublas_, CUBLAS_DEFAULT_MATH));
   DJINN_CUDA_RETURN_IF_ERROR(cudaDeviceSynchronize());  // the memset is done before any stream runs
@@ -162,6 +137,7 @@ CudaBackend::~CudaBackend() {
     log_profile();
     for (CUevent_st* event : profile_.spare) check(cudaEventDestroy(event), "cudaEventDestroy");
   }
+  tuned_gemm_.reset();
   if (cublas_ != nullptr && cublasDestroy(cublas_) != CUBLAS_STATUS_SUCCESS)
     spdlog::warn("cuda backend teardown: cublasDestroy failed");
   if (cublas_workspace_ != nullptr) check(cudaFree(cublas_workspace_), "cudaFree(cublas workspace)");
@@ -362,6 +338,8 @@ Status CudaBackend::matmul(const TensorView& x, const TensorView& w, bool transp
     if (out_begin + out.nbytes() <= source.data || source.data + source.bytes <= out_begin) narrowed_source_ = source;
   }
   const cudaDataType_t type = w_dtype == gpu::Dtype::kF16 ? CUDA_R_16F : CUDA_R_16BF;
+  if (tuned_gemm_ != nullptr)
+    return tuned_gemm_->run(mi, ni, ki, transpose_b, type, w.data, x16, out.as<float>(), compute_, capturing_);
   DJINN_CUBLAS_RETURN_IF_ERROR(cublasGemmEx(cublas_, op_w, CUBLAS_OP_N, ni, mi, ki, &one, w.data, type, ld_w, x16, type,
                                             ki, &zero_value, out.data, CUDA_R_32F, ni, CUBLAS_COMPUTE_32F,
                                             CUBLAS_GEMM_DEFAULT));

@@ -44,6 +44,7 @@ namespace djinn {
 namespace gpu {
 struct DeviceError;
 }
+class TunedGemm;
 
 class CudaBackend final : public Backend {
  public:
@@ -120,6 +121,9 @@ class CudaBackend final : public Backend {
   CUstream_st* swap_out_ = nullptr;
   CUstream_st* swap_in_ = nullptr;
   cublasContext* cublas_ = nullptr;
+  // 16-bit GEMMs through cuBLASLt with tuned algorithms (tuned_gemm.h); null when
+  // DJINN_CUBLASLT=0 (then cublasGemmEx with cuBLAS's default choice).
+  std::unique_ptr<TunedGemm> tuned_gemm_;
   void* cublas_workspace_ = nullptr;
   void* workspace_ = nullptr;
   size_t workspace_size_ = 0;
