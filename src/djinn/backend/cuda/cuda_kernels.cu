@@ -20,6 +20,9 @@ using detail::to_f32;
 using detail::with_dtype;
 
 constexpr int kThreads = 256;  // elementwise and row kernels
+// Norms and rope: one block per row, and in decode there are only a few rows, so a
+// row's block is wide (a 5120-wide row is 1.25 float4 loads per thread, not 5).
+constexpr int kRowThreads = 1024;
 
 // Whether `p` of element type T may be read four elements at a time.
 template <typename T>
@@ -176,7 +179,7 @@ __device__ __forceinline__ float row_sum(const float* row, int64_t n, F f) {
 
 // kVec: hidden % 4 == 0 and x, out, gamma, beta 4-element aligned.
 template <typename T, bool kVec>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kRowThreads)
     layernorm_kernel(const float* x, const T* gamma, const T* beta, float eps, int64_t hidden, float* out) {
   __shared__ float scratch[32];
   const float* in = x + blockIdx.x * hidden;
@@ -201,7 +204,7 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 template <typename T, bool kVec>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kRowThreads)
     rmsnorm_kernel(const float* x, const T* gamma, float eps, int64_t hidden, float* out) {
   __shared__ float scratch[32];
   const float* in = x + blockIdx.x * hidden;
@@ -289,7 +292,7 @@ __global__ void __launch_bounds__(kThreads) argmax_kernel(const float* x, int64_
 // rope: one block per row; the row's cos / sin table in shared memory
 // ---------------------------------------------------------------------------------
 
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kRowThreads)
     rope_kernel(const float* x, const int32_t* positions, int64_t width, int64_t head_dim, float theta, float* out,
                 DeviceError* error) {
   extern __shared__ float table[];  // cos [half], then sin [half]
@@ -313,9 +316,12 @@ __global__ void __launch_bounds__(kThreads)
   __syncthreads();
   const float* in = x + row * width;
   float* o = out + row * width;
-  for (int64_t p = threadIdx.x; p < width / 2; p += blockDim.x) {
-    const int64_t head = p / half, i = p % half;
-    const int64_t a = head * head_dim + i, b = a + half;
+  // 32-bit index arithmetic (width < 2^31, checked by the launcher): a 64-bit divide
+  // per pair costs more than the pair's arithmetic.
+  const auto half32 = static_cast<uint32_t>(half), dim32 = static_cast<uint32_t>(head_dim);
+  for (uint32_t p = threadIdx.x; p < static_cast<uint32_t>(width / 2); p += blockDim.x) {
+    const uint32_t head = p / half32, i = p - head * half32;
+    const uint32_t a = head * dim32 + i, b = a + half32;
     const float x1 = in[a], x2 = in[b], c = cos_row[i], s = sin_row[i];
     o[a] = x1 * c - x2 * s;
     o[b] = x2 * c + x1 * s;
@@ -466,7 +472,7 @@ cudaError_t layernorm(const float* x, const void* gamma, const void* beta, Dtype
     const T* b = static_cast<const T*>(beta);
     const bool vec = hidden % 4 == 0 && vec4_aligned(x) && vec4_aligned(out) && vec4_aligned(g) && vec4_aligned(b);
     const auto kernel = vec ? layernorm_kernel<T, true> : layernorm_kernel<T, false>;
-    kernel<<<static_cast<unsigned>(rows), kThreads, 0, stream>>>(x, g, b, eps, hidden, out);
+    kernel<<<static_cast<unsigned>(rows), kRowThreads, 0, stream>>>(x, g, b, eps, hidden, out);
     return cudaGetLastError();
   });
 }
@@ -479,7 +485,7 @@ cudaError_t rmsnorm(const float* x, const void* gamma, Dtype gamma_dtype, float 
     const T* g = static_cast<const T*>(gamma);
     const bool vec = hidden % 4 == 0 && vec4_aligned(x) && vec4_aligned(out) && vec4_aligned(g);
     const auto kernel = vec ? rmsnorm_kernel<T, true> : rmsnorm_kernel<T, false>;
-    kernel<<<static_cast<unsigned>(rows), kThreads, 0, stream>>>(x, g, eps, hidden, out);
+    kernel<<<static_cast<unsigned>(rows), kRowThreads, 0, stream>>>(x, g, eps, hidden, out);
     return cudaGetLastError();
   });
 }
@@ -499,11 +505,11 @@ cudaError_t argmax(const float* x, int64_t rows, int64_t cols, int32_t* out, cud
 cudaError_t rope(const float* x, const int32_t* positions, int64_t rows, int64_t width, int64_t head_dim, float theta,
                  float* out, DeviceError* error, cudaStream_t stream) {
   if (rows == 0 || width == 0) return cudaSuccess;
-  if (head_dim < 2 || head_dim % 2 != 0 || head_dim > kMaxRopeHeadDim || width % head_dim != 0)
+  if (head_dim < 2 || head_dim % 2 != 0 || head_dim > kMaxRopeHeadDim || width % head_dim != 0 || width >= (int64_t{1} << 31))
     return cudaErrorInvalidValue;
   const size_t shared = static_cast<size_t>(head_dim) * sizeof(float);  // cos and sin, head_dim / 2 each
-  rope_kernel<<<static_cast<unsigned>(rows), kThreads, shared, stream>>>(x, positions, width, head_dim, theta, out,
-                                                                         error);
+  rope_kernel<<<static_cast<unsigned>(rows), kRowThreads, shared, stream>>>(x, positions, width, head_dim, theta, out,
+                                                                            error);
   return cudaGetLastError();
 }
 
