@@ -344,6 +344,33 @@ TEST(Rpc, AClosedSessionsArenaIsReused) {
   EXPECT_EQ(generate_on_fresh_session(*a, model, prompt_of(4), 4), generated->tokens);
 }
 
+// The request path pinned to one CPU (--pin-cpu): the RPC and scheduler threads share
+// it, answers are the same as unpinned, and a CPU that does not exist is refused.
+TEST(Rpc, APinnedRequestPathServesTheSameAnswers) {
+  rpc::ServerOptions pinned_options = loopback_options();
+  pinned_options.pin_cpu = 0;
+  std::vector<int32_t> pinned_tokens;
+  {
+    LoopbackServer pinned(pinned_options);
+    auto client = pinned.connect();
+    const json threads = stats_of(*client)["threads"];
+    EXPECT_EQ(threads["pin_cpu"], 0);
+    const uint64_t model = client->load_model("gpt2-tiny")->model_id();
+    pinned_tokens = generate_on_fresh_session(*client, model, prompt_of(5), 6);
+  }
+  LoopbackServer unpinned;
+  auto client = unpinned.connect();
+  const uint64_t model = client->load_model("gpt2-tiny")->model_id();
+  EXPECT_EQ(generate_on_fresh_session(*client, model, prompt_of(5), 6), pinned_tokens);
+
+  rpc::ServerOptions bad = loopback_options();
+  bad.pin_cpu = 1 << 20;
+  Result<std::unique_ptr<rpc::Server>> refused = rpc::Server::create(bad);
+  ASSERT_FALSE(refused.ok());
+  EXPECT_EQ(refused.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(refused.status().message().find("--pin-cpu"), std::string::npos) << refused.status().message();
+}
+
 // 3. 64 clients on 64 threads, 50 mixed calls each, no errors, right answers.
 TEST(Rpc, SixtyFourConcurrentClients) {
   constexpr int kClients = 64, kCalls = 50, kPrompts = 4, kNewTokens = 3;

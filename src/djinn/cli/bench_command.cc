@@ -10,6 +10,7 @@
 #include <iostream>
 #include <nlohmann/json.hpp>
 
+#include "djinn/core/cpu_affinity.h"
 #include "djinn/cli/bench_decode.h"
 #include "djinn/cli/bench_os_tax.h"
 #include "djinn/cli/bench_stats.h"
@@ -211,6 +212,11 @@ Command add_bench_command(CLI::App& app) {
   os_tax_cmd->add_flag("--quick", os_tax->quick, "micro_add only");
   os_tax_cmd->add_option("--device", os_tax->device, "cpu or cuda (native runtime and server)")
       ->check(CLI::IsMember({"cpu", "cuda"}));
+  os_tax->pin_cpu = default_request_path_cpu();
+  os_tax_cmd->add_option("--pin-cpu", os_tax->pin_cpu,
+                         "the server's --pin-cpu; this process and the floor's client end take another CPU "
+                         "(default: the last CPU when there are two or more; -1: no pinning)")
+      ->check(CLI::Range(-1, 4095));
   os_tax_cmd->add_option("--busy-poll-us", os_tax->busy_poll_us, "server and client busy-poll window (default 0)")
       ->check(CLI::Range(0, 1000000));
   os_tax_cmd->add_flag("--json", os_tax->json, "print JSON");

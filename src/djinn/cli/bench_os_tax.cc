@@ -22,6 +22,7 @@
 #include <spawn.h>
 #include <sys/socket.h>
 #include <sys/un.h>
+#include <sched.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -47,17 +48,37 @@ double us_since(Clock::time_point t) { return std::chrono::duration<double, std:
 
 // ---- the floor: 64-byte ping-pong over a plain socket ---------------------------
 
-Status full_io(int fd, char* data, size_t n, bool write_side) {
+// Reads or writes all n bytes; false on error or a closed peer (errno says which).
+// Allocates nothing, so a forked child may call it.
+bool transfer_all(int fd, char* data, size_t n, bool write_side) {
   size_t done = 0;
   while (done < n) {
     const ssize_t r = write_side ? ::write(fd, data + done, n - done) : ::read(fd, data + done, n - done);
-    if (r <= 0) return internal_error(fmt::format("ping-pong socket: {}", r == 0 ? "closed" : std::strerror(errno)));
+    if (r < 0 && errno == EINTR) continue;
+    if (r <= 0) return false;
     done += static_cast<size_t>(r);
   }
-  return {};
+  return true;
 }
 
-Result<std::vector<double>> ping_pong_floor(bool tcp, int iterations) {
+Status full_io(int fd, char* data, size_t n, bool write_side) {
+  errno = 0;
+  if (transfer_all(fd, data, n, write_side)) return {};
+  return internal_error(fmt::format("ping-pong socket: {}", errno == 0 ? "closed" : std::strerror(errno)));
+}
+
+// Pins the calling thread (or, in a forked child, the process) to `cpu`; -1: leaves it.
+void pin_to_cpu(int cpu) {
+  if (cpu < 0) return;
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  CPU_SET(cpu, &set);
+  ::sched_setaffinity(0, sizeof set, &set);
+}
+
+// Round-trip times (us) of a 64-byte ping-pong with a forked echo process on
+// `echo_cpu` (-1: wherever the kernel puts it).
+Result<std::vector<double>> ping_pong_floor(bool tcp, int iterations, int echo_cpu) {
   int listener = tcp ? ::socket(AF_INET, SOCK_STREAM, 0) : ::socket(AF_UNIX, SOCK_STREAM, 0);
   if (listener < 0) return internal_error("floor: socket()");
   sockaddr_storage address{};
@@ -79,16 +100,21 @@ Result<std::vector<double>> ping_pong_floor(bool tcp, int iterations) {
   if (::bind(listener, reinterpret_cast<sockaddr*>(&address), length) != 0 || ::listen(listener, 1) != 0)
     return internal_error(fmt::format("floor: bind/listen: {}", std::strerror(errno)));
   ::getsockname(listener, reinterpret_cast<sockaddr*>(&address), &length);
-  std::thread echo([listener, iterations] {
+  // The echo side is a child process, as the server is: a thread of this process would
+  // be woken on a busy core, which costs less than waking an idle one.
+  const pid_t echo = ::fork();
+  if (echo < 0) return internal_error(fmt::format("floor: fork: {}", std::strerror(errno)));
+  if (echo == 0) {  // only async-signal-safe calls from here: the parent has threads
+    pin_to_cpu(echo_cpu);
     const int fd = ::accept(listener, nullptr, nullptr);
-    if (fd < 0) return;
+    if (fd < 0) ::_exit(1);
     const int one = 1;
     ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     char buffer[64];
     for (int i = 0; i < iterations; ++i)
-      if (!full_io(fd, buffer, 64, false).ok() || !full_io(fd, buffer, 64, true).ok()) break;
-    ::close(fd);
-  });
+      if (!transfer_all(fd, buffer, 64, false) || !transfer_all(fd, buffer, 64, true)) break;
+    ::_exit(0);
+  }
   const int fd = ::socket(tcp ? AF_INET : AF_UNIX, SOCK_STREAM, 0);
   const int one = 1;
   if (tcp) ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
@@ -106,7 +132,7 @@ Result<std::vector<double>> ping_pong_floor(bool tcp, int iterations) {
     }
   }
   ::close(fd);
-  echo.join();
+  ::waitpid(echo, nullptr, 0);
   ::close(listener);
   if (!unix_path.empty()) ::unlink(unix_path.c_str());
   DJINN_RETURN_IF_ERROR(status);
@@ -118,9 +144,10 @@ Result<std::vector<double>> ping_pong_floor(bool tcp, int iterations) {
 class ServerProcess {
  public:
   static Result<std::unique_ptr<ServerProcess>> start(const std::string& address, const std::string& device,
-                                                      int busy_poll_us) {
+                                                      int busy_poll_us, int pin_cpu) {
     std::vector<std::string> args = {"djinn", "serve", "--listen", address, "--device", device, "--device-mem-gb", "2",
-                                     "--session-lease-s", "3600", "--busy-poll-us", std::to_string(busy_poll_us)};
+                                     "--session-lease-s", "3600", "--busy-poll-us", std::to_string(busy_poll_us),
+                                     "--pin-cpu", std::to_string(pin_cpu)};
     std::vector<char*> argv;
     for (std::string& a : args) argv.push_back(a.data());
     argv.push_back(nullptr);
@@ -326,14 +353,31 @@ Status bench_os_tax(const OsTaxOptions& options) {
   if (options.transport != "tcp" && options.transport != "ipc")
     return invalid_argument(fmt::format("--listen must be tcp or ipc, not '{}'", options.transport));
   const bool tcp = options.transport == "tcp";
-  DJINN_ASSIGN_OR_RETURN(std::vector<double> floor, ping_pong_floor(tcp, options.small_iterations));
+  // The floor is measured before and after the remote rows, so that a machine whose
+  // state drifts during the run shows it (floor_before / floor_after in the JSON).
+  // With --pin-cpu C the server's request path sits on CPU C and this process
+  // (client thread and its I/O thread) on another; the floor's two ends sit the same
+  // way, so floor and remote calls pay the same kind of wake-ups.
+  const long cpus = ::sysconf(_SC_NPROCESSORS_ONLN);
+  if (options.pin_cpu >= cpus) return invalid_argument(fmt::format("--pin-cpu {}: this machine has {} CPUs", options.pin_cpu, cpus));
+  if (options.pin_cpu >= 0 && cpus < 2) return invalid_argument("--pin-cpu needs a machine with two CPUs or more");
+  const int client_cpu = options.pin_cpu < 0 ? -1 : (options.pin_cpu == 0 ? 1 : 0);
+  cpu_set_t original_cpus;
+  ::sched_getaffinity(0, sizeof original_cpus, &original_cpus);
+  pin_to_cpu(client_cpu);
+  struct RestoreCpus {
+    cpu_set_t* cpus;
+    ~RestoreCpus() { ::sched_setaffinity(0, sizeof *cpus, cpus); }
+  } restore{&original_cpus};
+  DJINN_ASSIGN_OR_RETURN(std::vector<double> floor_before, ping_pong_floor(tcp, options.small_iterations, options.pin_cpu));
 
   const std::string address = tcp ? free_tcp_address() : fmt::format("ipc:///tmp/djinn-os-tax-{}.ipc", ::getpid());
-  DJINN_ASSIGN_OR_RETURN(std::unique_ptr<ServerProcess> server, ServerProcess::start(address, options.device, options.busy_poll_us));
+  DJINN_ASSIGN_OR_RETURN(std::unique_ptr<ServerProcess> server, ServerProcess::start(address, options.device, options.busy_poll_us, options.pin_cpu));
   ClientOptions client_options;
   client_options.name = "djinn bench os-tax";
   client_options.timeout_s = 60;
   client_options.busy_poll_us = options.busy_poll_us;
+  client_options.io_cpu = client_cpu;
   DJINN_ASSIGN_OR_RETURN(std::unique_ptr<Client> client, Client::connect(address, client_options));
   RuntimeOptions runtime_options;
   runtime_options.device_mem_gb = 2;
@@ -360,6 +404,9 @@ Status bench_os_tax(const OsTaxOptions& options) {
     rows.push_back(std::move(forward));
   }
 
+  DJINN_ASSIGN_OR_RETURN(std::vector<double> floor_after, ping_pong_floor(tcp, options.small_iterations, options.pin_cpu));
+  std::vector<double> floor = floor_before;
+  floor.insert(floor.end(), floor_after.begin(), floor_after.end());
   const double floor_p50 = percentile(floor, 50);
   nlohmann::json out = {{"benchmark", "os-tax"},
                         {"machine", machine_json(options.device == "cuda")},
@@ -369,6 +416,11 @@ Status bench_os_tax(const OsTaxOptions& options) {
                         {"hello_us_p50", percentile(hello_us, 50)},
                         {"floor_us_p50", floor_p50},
                         {"floor_us_p99", percentile(floor, 99)},
+                        {"floor_before_us_p50", percentile(floor_before, 50)},
+                        {"floor_after_us_p50", percentile(floor_after, 50)},
+                        {"floor", "64-byte ping-pong between this process and a forked echo process"},
+                        {"pin_cpu", options.pin_cpu},
+                        {"client_cpu", client_cpu},
                         {"server", "separate djinn serve process, cpu"},
                         {"rows", nlohmann::json::array()}};
   for (const RowResult& r : rows) {

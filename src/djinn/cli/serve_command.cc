@@ -5,6 +5,7 @@
 #include <csignal>
 
 #include "djinn/cli/commands.h"
+#include "djinn/core/cpu_affinity.h"
 #include "djinn/rpc/server.h"
 
 namespace djinn::cli {
@@ -68,6 +69,11 @@ Command add_serve_command(CLI::App& app) {
   command->add_option("--admission-timeout-s", s.admission_timeout_s,
                       "a new session waits this long for an arena, then fails with out-of-memory (default 10)")
       ->check(CLI::NonNegativeNumber);
+  s.pin_cpu = default_request_path_cpu();
+  command->add_option("--pin-cpu", s.pin_cpu,
+                      "pin the request path (ZeroMQ I/O, RPC and scheduler threads) to this CPU; -1: no pinning "
+                      "(default: the last CPU when there are two or more)")
+      ->check(CLI::Range(-1, 4095));
   command->add_option("--busy-poll-us", s.busy_poll_us, "spin this long for the next request before sleeping (0: never)")
       ->check(CLI::Range(0, 1000000));
   return {command, [options] { return serve(*options); }};

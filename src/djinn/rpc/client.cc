@@ -7,9 +7,17 @@
 #include "djinn/rpc/wire.h"
 
 namespace djinn {
+namespace {
+// One I/O thread, on `io_cpu` when that is >= 0 (set before the socket starts it).
+zmq::context_t make_context(int io_cpu) {
+  zmq::context_t context(1);
+  if (io_cpu >= 0) context.set(zmq::ctxopt::thread_affinity_cpu_add, io_cpu);
+  return context;
+}
+}  // namespace
 
 Client::Client(std::string address, const ClientOptions& options)
-    : address_(std::move(address)), options_(options), context_(1), socket_(context_, zmq::socket_type::dealer) {
+    : address_(std::move(address)), options_(options), context_(make_context(options.io_cpu)), socket_(context_, zmq::socket_type::dealer) {
   socket_.set(zmq::sockopt::linger, 0);
 }
 

@@ -32,6 +32,10 @@ struct ClientOptions {
   // before sleeping in zmq_poll: saves the wake-up of the client thread when replies
   // are quick, at the cost of a core. 0: never.
   int busy_poll_us = 0;
+  // Pin the client's ZeroMQ I/O thread to this CPU (-1: no pinning); with the calling
+  // thread on the same CPU their hand-off is a switch on one core, not a wake-up of
+  // another (see ServerOptions::pin_cpu).
+  int io_cpu = -1;
 };
 
 // A reply and its tensor frames (views stay valid as long as the ReplyMessage).

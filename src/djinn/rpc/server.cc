@@ -3,14 +3,18 @@
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
+#include <pthread.h>
 #include <sched.h>
 #include <sys/random.h>
+#include <unistd.h>
 
 #include <array>
+#include <thread>
 #include <utility>
 #include <cerrno>
 #include <cstring>
 
+#include "djinn/core/cpu_affinity.h"
 #include "djinn/rpc/graph_codec.h"
 
 namespace djinn::rpc {
@@ -68,6 +72,13 @@ Result<std::string> random_token() {
   return fmt::format("{:016x}{:016x}", words[0], words[1]);
 }
 
+// One I/O thread, on `pin_cpu` when that is >= 0 (set before any socket starts it).
+zmq::context_t make_context(int pin_cpu) {
+  zmq::context_t context(1);
+  if (pin_cpu >= 0) context.set(zmq::ctxopt::thread_affinity_cpu_add, pin_cpu);
+  return context;
+}
+
 }  // namespace
 
 Result<std::unique_ptr<Server>> Server::create(const ServerOptions& options) {
@@ -75,6 +86,9 @@ Result<std::unique_ptr<Server>> Server::create(const ServerOptions& options) {
   if (!(options.session_lease_s > 0)) return invalid_argument("--session-lease-s must be > 0");
   if (!(options.max_request_mb > 0)) return invalid_argument("--max-request-mb must be > 0");
   DJINN_RETURN_IF_ERROR(parse_swap_policy(options.policy));
+  const long cpus = ::sysconf(_SC_NPROCESSORS_ONLN);
+  if (options.pin_cpu < -1 || options.pin_cpu >= cpus)
+    return invalid_argument(fmt::format("--pin-cpu {} is not a CPU of this machine (0 .. {})", options.pin_cpu, cpus - 1));
   DJINN_ASSIGN_OR_RETURN(std::unique_ptr<Runtime> runtime, Runtime::create(options.runtime));
   std::unique_ptr<Server> server(new Server(options, std::move(runtime)));
   for (const std::string& address : options.listen) {
@@ -91,9 +105,21 @@ Result<std::unique_ptr<Server>> Server::create(const ServerOptions& options) {
 Server::Server(const ServerOptions& options, std::unique_ptr<Runtime> runtime)
     : options_(options),
       runtime_(std::move(runtime)),
-      context_(1),
+      context_(make_context(options.pin_cpu)),
       router_(context_, zmq::socket_type::router),
+      rpc_side_(context_, zmq::socket_type::pair),
+      scheduler_side_(context_, zmq::socket_type::pair),
       policy_(*parse_swap_policy(options.policy), options.idle_timeout_s) {
+  // The RPC <-> scheduler pipe never drops or blocks: its queues are unbounded (the
+  // ROUTER's limits bound what can enter it).
+  const std::string pipe = fmt::format("inproc://djinn-scheduler-{}", static_cast<const void*>(this));
+  for (zmq::socket_t* side : {&rpc_side_, &scheduler_side_}) {
+    side->set(zmq::sockopt::linger, 0);
+    side->set(zmq::sockopt::sndhwm, 0);
+    side->set(zmq::sockopt::rcvhwm, 0);
+  }
+  rpc_side_.bind(pipe);
+  scheduler_side_.connect(pipe);
   router_.set(zmq::sockopt::linger, 0);
   // Frames larger than the request limit (+ room for the header) are dropped by ZeroMQ
   // before they are buffered in full.
@@ -102,6 +128,8 @@ Server::Server(const ServerOptions& options, std::unique_ptr<Runtime> runtime)
 
 Server::~Server() {
   sessions_.clear();
+  scheduler_side_.close();
+  rpc_side_.close();
   router_.close();
 }
 
@@ -114,14 +142,105 @@ std::string Server::describe() const {
                      options_.policy, options_.session_lease_s);
 }
 
+// Note [Server threads]
+// ~~~~~~~~~~~~~~~~~~~~~
+// A warm request takes these hops (each one a wake-up unless the woken thread is
+// busy-polling): client thread -> client's ZeroMQ I/O thread -> socket -> server's
+// ZeroMQ I/O thread -> RPC thread -> scheduler thread, which decodes, executes and
+// hands the reply back -> RPC thread -> I/O threads -> client thread. The RPC thread
+// only moves messages (zmq::message_t, no copies); everything with state lives on the
+// scheduler thread, so no lock guards sessions, graphs or counters. With --pin-cpu the
+// server's I/O thread, the RPC thread and the scheduler thread share one core: the hops
+// between them are context switches on that core, not cross-core wake-ups, and a warm
+// request pays cross-core wake-ups only between client and server, as the plain-socket
+// floor of `bench os-tax` does.
+namespace {
+
+// Moves one whole multipart message from `from` to `to`; false when none was waiting.
+// A part `to` refuses (a ROUTER whose peer is gone or full) drops the rest of that
+// message, never a later one; *dropped counts such messages.
+bool forward_message(zmq::socket_t& from, zmq::socket_t& to, std::atomic<uint64_t>* dropped) {
+  zmq::message_t part;
+  if (!from.recv(part, zmq::recv_flags::dontwait)) return false;
+  bool sending = true;
+  for (;;) {
+    const bool more = part.more();
+    if (sending) {
+      try {
+        if (!to.send(part, more ? zmq::send_flags::sndmore | zmq::send_flags::dontwait : zmq::send_flags::dontwait))
+          sending = false;
+      } catch (const zmq::error_t&) {
+        sending = false;
+      }
+      if (!sending && dropped != nullptr) dropped->fetch_add(1, std::memory_order_relaxed);
+    }
+    if (!more) return true;
+    (void)from.recv(part);  // the rest of a multipart message is already here
+  }
+}
+
+}  // namespace
+
 Status Server::serve() {
-  zmq::pollitem_t items[] = {{router_.handle(), 0, ZMQ_POLLIN, 0}};
-  std::vector<zmq::message_t> frames;
-  while (!stop_requested_.load(std::memory_order_relaxed)) {
+  Status scheduled;
+  std::atomic<bool> scheduler_done{false};
+  std::thread scheduler([&] {
+    scheduled = schedule();
+    scheduler_done.store(true, std::memory_order_release);
+  });
+  cpu_set_t original;
+  const bool pinned = options_.pin_cpu >= 0 && pthread_getaffinity_np(pthread_self(), sizeof original, &original) == 0 &&
+                      pin_current_thread(options_.pin_cpu);
+  zmq::pollitem_t items[] = {{router_.handle(), 0, ZMQ_POLLIN, 0}, {rpc_side_.handle(), 0, ZMQ_POLLIN, 0}};
+  Status status;
+  while (!stop_requested_.load(std::memory_order_relaxed) && !scheduler_done.load(std::memory_order_acquire)) {
     if (options_.busy_poll_us > 0) {  // see ServerOptions::busy_poll_us
       const auto spin_start = Clock::now();
       while (Clock::now() - spin_start < std::chrono::microseconds(options_.busy_poll_us)) {
-        if (router_.get(zmq::sockopt::events) & ZMQ_POLLIN) break;
+        if ((router_.get(zmq::sockopt::events) & ZMQ_POLLIN) || (rpc_side_.get(zmq::sockopt::events) & ZMQ_POLLIN)) break;
+        sched_yield();
+      }
+    }
+    try {
+      zmq::poll(items, 2, std::chrono::milliseconds(kPollMs));
+    } catch (const zmq::error_t& e) {
+      if (e.num() == EINTR) continue;
+      status = internal_error(fmt::format("poll: {}", e.what()));
+      break;
+    }
+    // Replies first: they finish work already done.
+    while (forward_message(rpc_side_, router_, &replies_dropped_)) {
+    }
+    while (forward_message(router_, rpc_side_, nullptr)) {
+    }
+  }
+  // Drain: the scheduler cancels what is in flight and closes every session; its last
+  // replies still go out.
+  scheduler_stop_.store(true, std::memory_order_relaxed);
+  while (!scheduler_done.load(std::memory_order_acquire)) {
+    zmq::pollitem_t replies[] = {{rpc_side_.handle(), 0, ZMQ_POLLIN, 0}};
+    zmq::poll(replies, 1, std::chrono::milliseconds(kPollMs));
+    while (forward_message(rpc_side_, router_, &replies_dropped_)) {
+    }
+  }
+  scheduler.join();
+  while (forward_message(rpc_side_, router_, &replies_dropped_)) {
+  }
+  if (pinned) pthread_setaffinity_np(pthread_self(), sizeof original, &original);
+  DJINN_RETURN_IF_ERROR(status);
+  return scheduled;
+}
+
+Status Server::schedule() {
+  if (options_.pin_cpu >= 0 && !pin_current_thread(options_.pin_cpu))
+    spdlog::warn("djinn serve: could not pin the scheduler thread to CPU {}", options_.pin_cpu);
+  zmq::pollitem_t items[] = {{scheduler_side_.handle(), 0, ZMQ_POLLIN, 0}};
+  std::vector<zmq::message_t> frames;
+  while (!scheduler_stop_.load(std::memory_order_relaxed)) {
+    if (options_.busy_poll_us > 0 && generating_.empty()) {  // see ServerOptions::busy_poll_us
+      const auto spin_start = Clock::now();
+      while (Clock::now() - spin_start < std::chrono::microseconds(options_.busy_poll_us)) {
+        if (scheduler_side_.get(zmq::sockopt::events) & ZMQ_POLLIN) break;
         sched_yield();
       }
     }
@@ -134,11 +253,11 @@ Status Server::serve() {
     // Drain everything that is ready before looking at the clock again.
     while (items[0].revents & ZMQ_POLLIN) {
       zmq::message_t identity;
-      if (!router_.recv(identity, zmq::recv_flags::dontwait)) break;
+      if (!scheduler_side_.recv(identity, zmq::recv_flags::dontwait)) break;
       frames.clear();
-      while (router_.get(zmq::sockopt::rcvmore)) {
+      while (identity.more() && (frames.empty() || frames.back().more())) {
         zmq::message_t frame;
-        (void)router_.recv(frame);
+        (void)scheduler_side_.recv(frame);
         frames.push_back(std::move(frame));
       }
       handle(identity, frames);
@@ -308,11 +427,11 @@ void Server::handle(zmq::message_t& identity, std::vector<zmq::message_t>& frame
 void Server::send(zmq::message_t& identity, Outgoing& out) {
   const std::string header = out.reply.SerializeAsString();
   try {
-    router_.send(identity, zmq::send_flags::sndmore | zmq::send_flags::dontwait);
-    router_.send(zmq::buffer(header), out.tensors.empty() ? zmq::send_flags::dontwait
+    scheduler_side_.send(identity, zmq::send_flags::sndmore | zmq::send_flags::dontwait);
+    scheduler_side_.send(zmq::buffer(header), out.tensors.empty() ? zmq::send_flags::dontwait
                                                           : zmq::send_flags::sndmore | zmq::send_flags::dontwait);
     for (size_t i = 0; i < out.tensors.size(); ++i)
-      router_.send(out.tensors[i], i + 1 == out.tensors.size() ? zmq::send_flags::dontwait
+      scheduler_side_.send(out.tensors[i], i + 1 == out.tensors.size() ? zmq::send_flags::dontwait
                                                                : zmq::send_flags::sndmore | zmq::send_flags::dontwait);
     ++counters_.replies;
   } catch (const zmq::error_t& e) {
@@ -810,8 +929,10 @@ nlohmann::json Server::stats_json() const {
   stats["invariants"] = invariants.ok() ? "ok" : invariants.message();
   stats["policy"] = options_.policy;
   stats["endpoints"] = endpoints_;
+  stats["threads"] = {{"pin_cpu", options_.pin_cpu}, {"busy_poll_us", options_.busy_poll_us}};
   stats["counters"] = {{"requests", counters_.requests},
                        {"replies", counters_.replies},
+                       {"replies_dropped", replies_dropped_.load(std::memory_order_relaxed)},
                        {"requests_by_type", counters_.requests_by_type},
                        {"errors", counters_.errors},
                        {"sessions_opened", counters_.sessions_opened},

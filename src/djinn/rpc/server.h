@@ -1,11 +1,15 @@
 // Server: `djinn serve`. A ZeroMQ ROUTER socket (one or more tcp:// / ipc:// /
 // inproc:// endpoints) in front of one Runtime.
 //
-// Threads: serve() runs the whole request path on the calling thread — receive,
-// decode, execute, reply — so a warm request costs no thread hop inside djinn (the
-// only wake-ups are ZeroMQ's own I/O threads). The Scheduler issue moves execution to
-// a per-device scheduler thread. stop() may be called from any thread or a signal
-// handler.
+// Threads (Note [Server threads] in server.cc):
+//   RPC thread       the caller of serve(). Owns the ROUTER socket: hands each request
+//                    (identity + frames, moved, not copied) to the scheduler and sends
+//                    the replies the scheduler hands back.
+//   scheduler thread started by serve(), one per device: owns the Runtime (and so the
+//                    compute stream), the sessions, the swap policy and every counter;
+//                    decodes, validates and executes requests, runs batched decode.
+// The two talk over a pair of inproc ZeroMQ sockets. With --pin-cpu both, and ZeroMQ's
+// I/O thread, share one CPU. stop() may be called from any thread or a signal handler.
 //
 // Sessions are private: OpenSession returns a random 128-bit token that every later
 // call on the session must carry; a wrong or missing token is refused and counted.
@@ -47,6 +51,12 @@ struct ServerOptions {
   // sleeping in zmq_poll: a request arriving meanwhile costs no wake-up of the server
   // thread. 0: never (the default: no core burnt while idle).
   int busy_poll_us = 0;
+  // Pin the request path — ZeroMQ's I/O thread, the RPC thread, the scheduler thread —
+  // to this CPU (-1: no pinning). Their hand-offs then are context switches on one core
+  // instead of cross-core wake-ups, which on a virtual machine cost an inter-processor
+  // interrupt each. Bulk work still spreads over every CPU (OpenBLAS's threads,
+  // core/parallel.h).
+  int pin_cpu = -1;
   // OpenSession without a free arena waits this long for one (sessions closing, leases
   // expiring, the policy swapping idle sessions out), then fails with out-of-memory.
   // 0: fail at once.
@@ -79,7 +89,8 @@ class Server {
   static Result<std::unique_ptr<Server>> create(const ServerOptions& options);
   ~Server();
 
-  // Serves until stop(), then drains: closes every session and the sockets.
+  // Serves until stop(), then drains: closes every session and the sockets. Runs the
+  // RPC loop on the calling thread and the scheduler on a thread of its own.
   Status serve();
   void stop() { stop_requested_.store(true, std::memory_order_relaxed); }
   // The endpoints bound, wildcards resolved (tcp://127.0.0.1:* -> tcp://127.0.0.1:40123).
@@ -123,6 +134,9 @@ class Server {
   using Clock = std::chrono::steady_clock;
 
   Server(const ServerOptions& options, std::unique_ptr<Runtime> runtime);
+  // The scheduler thread's loop: requests from the RPC thread, decode steps, leases,
+  // swaps, admissions; drains when the RPC thread says stop.
+  Status schedule();
   void handle(zmq::message_t& identity, std::vector<zmq::message_t>& frames);
   Status dispatch(const DecodedRequest& request, Outgoing& out);
   Result<SessionRecord*> authorize(const Request& request);
@@ -169,7 +183,11 @@ class Server {
   ServerOptions options_;
   std::unique_ptr<Runtime> runtime_;
   zmq::context_t context_;
-  zmq::socket_t router_;
+  zmq::socket_t router_;            // RPC thread
+  zmq::socket_t rpc_side_;          // RPC thread: requests out, replies in
+  zmq::socket_t scheduler_side_;    // scheduler thread: requests in, replies out
+  std::atomic<bool> scheduler_stop_{false};
+  std::atomic<uint64_t> replies_dropped_{0};  // replies a ROUTER refused (the client was gone)
   std::vector<std::string> endpoints_;
   std::atomic<bool> stop_requested_{false};
   std::map<SessionId, SessionRecord> sessions_;
