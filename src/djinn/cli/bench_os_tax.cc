@@ -76,6 +76,27 @@ void pin_to_cpu(int cpu) {
   ::sched_setaffinity(0, sizeof set, &set);
 }
 
+// Pins the calling thread to `cpu` (-1: nothing) for its lifetime: the remote calls
+// and the floor's client end run pinned; native runs do not (OpenBLAS's workers would
+// crowd onto the pinned core).
+class ScopedPin {
+ public:
+  explicit ScopedPin(int cpu) : active_(cpu >= 0) {
+    if (!active_) return;
+    ::sched_getaffinity(0, sizeof saved_, &saved_);
+    pin_to_cpu(cpu);
+  }
+  ~ScopedPin() {
+    if (active_) ::sched_setaffinity(0, sizeof saved_, &saved_);
+  }
+  ScopedPin(const ScopedPin&) = delete;
+  ScopedPin& operator=(const ScopedPin&) = delete;
+
+ private:
+  bool active_;
+  cpu_set_t saved_;
+};
+
 // Round-trip times (us) of a 64-byte ping-pong with a forked echo process on
 // `echo_cpu` (-1: wherever the kernel puts it).
 Result<std::vector<double>> ping_pong_floor(bool tcp, int iterations, int echo_cpu) {
@@ -272,7 +293,8 @@ struct RowResult {
   double cold_us = 0;
 };
 
-Result<RowResult> measure_graph(const std::string& name, GraphWorkload w, Runtime& native, Client& client, int iterations) {
+Result<RowResult> measure_graph(const std::string& name, GraphWorkload w, Runtime& native, Client& client, int iterations,
+                                int client_cpu) {
   RowResult row{name, iterations, {}, {}, {}, 0};
   // Native: all inputs in value-id order, as run_graph takes them.
   std::vector<TensorView> all = views_of(w.resident);
@@ -291,6 +313,7 @@ Result<RowResult> measure_graph(const std::string& name, GraphWorkload w, Runtim
     DJINN_RETURN_IF_ERROR(native.run_graph(w.graph, inputs, w.symbols));
     row.native_us.push_back(us_since(start));
   }
+  ScopedPin pin(client_cpu);
   RemoteGraph remote(client, w.graph, all);
   rpc::StepTiming timing;
   auto start = Clock::now();
@@ -305,7 +328,7 @@ Result<RowResult> measure_graph(const std::string& name, GraphWorkload w, Runtim
   return row;
 }
 
-Result<RowResult> measure_full_forward(Runtime& native, Client& client, int iterations, int64_t seq) {
+Result<RowResult> measure_full_forward(Runtime& native, Client& client, int iterations, int64_t seq, int client_cpu) {
   RowResult row{"full_forward", iterations, {}, {}, {}, 0};
   DJINN_ASSIGN_OR_RETURN(ModelId model, native.load_model("gpt2"));
   const auto config = (*native.model(model))->config();
@@ -326,6 +349,7 @@ Result<RowResult> measure_full_forward(Runtime& native, Client& client, int iter
     DJINN_ASSIGN_OR_RETURN(double us, native_forward());
     row.native_us.push_back(us);
   }
+  ScopedPin pin(client_cpu);
   DJINN_ASSIGN_OR_RETURN(rpc::LoadModelReply loaded, client.load_model("gpt2"));
   auto remote_forward = [&](double* server_us) -> Result<double> {
     DJINN_ASSIGN_OR_RETURN(RemoteSession s, client.open_session(loaded.model_id(), seq));
@@ -362,14 +386,11 @@ Status bench_os_tax(const OsTaxOptions& options) {
   if (options.pin_cpu >= cpus) return invalid_argument(fmt::format("--pin-cpu {}: this machine has {} CPUs", options.pin_cpu, cpus));
   if (options.pin_cpu >= 0 && cpus < 2) return invalid_argument("--pin-cpu needs a machine with two CPUs or more");
   const int client_cpu = options.pin_cpu < 0 ? -1 : (options.pin_cpu == 0 ? 1 : 0);
-  cpu_set_t original_cpus;
-  ::sched_getaffinity(0, sizeof original_cpus, &original_cpus);
-  pin_to_cpu(client_cpu);
-  struct RestoreCpus {
-    cpu_set_t* cpus;
-    ~RestoreCpus() { ::sched_setaffinity(0, sizeof *cpus, cpus); }
-  } restore{&original_cpus};
-  DJINN_ASSIGN_OR_RETURN(std::vector<double> floor_before, ping_pong_floor(tcp, options.small_iterations, options.pin_cpu));
+  auto floor_pinned = [&]() {
+    ScopedPin pin(client_cpu);
+    return ping_pong_floor(tcp, options.small_iterations, options.pin_cpu);
+  };
+  DJINN_ASSIGN_OR_RETURN(std::vector<double> floor_before, floor_pinned());
 
   const std::string address = tcp ? free_tcp_address() : fmt::format("ipc:///tmp/djinn-os-tax-{}.ipc", ::getpid());
   DJINN_ASSIGN_OR_RETURN(std::unique_ptr<ServerProcess> server, ServerProcess::start(address, options.device, options.busy_poll_us, options.pin_cpu));
@@ -386,25 +407,28 @@ Status bench_os_tax(const OsTaxOptions& options) {
 
   // The protocol's own round trip: a Hello (decode, reply, no execution).
   std::vector<double> hello_us;
-  for (int i = 0; i < options.small_iterations; ++i) {
-    rpc::Request hello;
-    hello.mutable_hello()->set_protocol_version(rpc::kProtocolVersion);
-    const auto start = Clock::now();
-    DJINN_RETURN_IF_ERROR(client->call(hello));
-    hello_us.push_back(us_since(start));
+  {
+    ScopedPin pin(client_cpu);
+    for (int i = 0; i < options.small_iterations; ++i) {
+      rpc::Request hello;
+      hello.mutable_hello()->set_protocol_version(rpc::kProtocolVersion);
+      const auto start = Clock::now();
+      DJINN_RETURN_IF_ERROR(client->call(hello));
+      hello_us.push_back(us_since(start));
+    }
   }
   std::vector<RowResult> rows;
-  DJINN_ASSIGN_OR_RETURN(RowResult add, measure_graph("micro_add", micro_add(), *native, *client, options.small_iterations));
+  DJINN_ASSIGN_OR_RETURN(RowResult add, measure_graph("micro_add", micro_add(), *native, *client, options.small_iterations, client_cpu));
   rows.push_back(std::move(add));
   if (!options.quick) {
     DJINN_ASSIGN_OR_RETURN(RowResult layer, measure_graph("layer", transformer_layer(512, 512, 8), *native, *client,
-                                                          options.large_iterations));
+                                                          options.large_iterations, client_cpu));
     rows.push_back(std::move(layer));
-    DJINN_ASSIGN_OR_RETURN(RowResult forward, measure_full_forward(*native, *client, options.large_iterations, 128));
+    DJINN_ASSIGN_OR_RETURN(RowResult forward, measure_full_forward(*native, *client, options.large_iterations, 128, client_cpu));
     rows.push_back(std::move(forward));
   }
 
-  DJINN_ASSIGN_OR_RETURN(std::vector<double> floor_after, ping_pong_floor(tcp, options.small_iterations, options.pin_cpu));
+  DJINN_ASSIGN_OR_RETURN(std::vector<double> floor_after, floor_pinned());
   std::vector<double> floor = floor_before;
   floor.insert(floor.end(), floor_after.begin(), floor_after.end());
   const double floor_p50 = percentile(floor, 50);
