@@ -37,6 +37,12 @@ void unpin_current_thread() {
 
 int startup_cpu_count() { return CPU_COUNT(&startup_cpus().set); }
 
+int startup_cpu(int i) {
+  for (int c = 0; c < CPU_SETSIZE; ++c)
+    if (CPU_ISSET(c, &startup_cpus().set) && i-- == 0) return c;
+  return -1;
+}
+
 int default_request_path_cpu() {
   if (startup_cpu_count() < 2) return -1;
   for (int c = CPU_SETSIZE - 1; c >= 0; --c)

@@ -18,6 +18,9 @@ void unpin_current_thread();
 // The number of CPUs the process started with.
 int startup_cpu_count();
 
+// The i-th CPU (0-based, in increasing order) the process started with; -1 past the end.
+int startup_cpu(int i);
+
 // The default CPU for a server's request path: the highest-numbered CPU the process
 // started with, when it started with two or more (so that one stays for the rest);
 // -1 otherwise.

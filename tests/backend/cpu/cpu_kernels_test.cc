@@ -9,15 +9,20 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <limits>
 #include <random>
 #include <string>
+#include <utility>
 #include <vector>
 
+#include "djinn/backend/cpu/compute_pool.h"
 #include "djinn/backend/cpu/cpu_kernels.h"
+#include "djinn/backend/cpu/skinny_gemm.h"
+#include "djinn/backend/cpu/vector_kernels.h"
 #include "djinn/core/dtype.h"
 #include "djinn/core/status.h"
 #include "djinn/core/tensor.h"
@@ -282,6 +287,87 @@ TEST(CpuMatmul, LargerSquareAndRectangularShapes) {
     check_matmul(33, 257, 65, transpose_b, DType::kF32, seed++);
     check_matmul(1, 257, 129, transpose_b, DType::kF32, seed++);
   }
+}
+
+// Shapes wide enough to be split over the compute pool, k past several of the skinny
+// kernels' row blocks, and every row count on either side of their tiles (8) and of
+// their limit (16, above which OpenBLAS runs in column slices).
+TEST(CpuMatmul, SkinnyKernelsAndColumnSlicesMatchReference) {
+  uint32_t seed = 450;
+  for (bool transpose_b : {true, false})
+    for (int64_t m : {1, 2, 7, 8, 9, 15, 16, 17})
+      for (auto [k, n] : {std::pair<int64_t, int64_t>{33, 300}, {300, 129}, {16, 1000}, {1, 257}})
+        check_matmul(m, k, n, transpose_b, DType::kF32, seed++);
+}
+
+TEST(CpuMatmul, SkinnyKernelsDeclineShapesTheyDoNotHandle) {
+  std::vector<float> x(17 * 8, 1.0f), w(8 * 8, 1.0f), out(17 * 8, -1.0f);
+  EXPECT_FALSE(cpu::skinny_matmul(x.data(), 1, 8, w.data(), 8, false, out.data()));
+  EXPECT_FALSE(cpu::skinny_matmul(x.data(), 17, 8, w.data(), 8, false, out.data()));
+  EXPECT_FALSE(cpu::skinny_matmul(x.data(), 4, 0, w.data(), 8, true, out.data()));
+  EXPECT_EQ(out[0], -1.0f);  // declining writes nothing
+  EXPECT_EQ(cpu::skinny_matmul(x.data(), 4, 8, w.data(), 8, true, out.data()), cpu::skinny_gemm_available());
+  if (cpu::skinny_gemm_available()) {
+    EXPECT_EQ(out[0], 8.0f);
+  }
+}
+
+TEST(CpuVectorKernels, DotsAndWeightedRowsMatchReference) {
+  uint32_t seed = 470;
+  for (int64_t dim : {1, 15, 16, 17, 64, 100})
+    for (int64_t rows : {1, 3, 33}) {
+      SCOPED_TRACE(::testing::Message() << "dim=" << dim << " rows=" << rows);
+      const int64_t ld = dim + 5;  // strided rows, as one head inside a KV cache
+      const auto q = random_floats(sz(dim), seed++);
+      const auto table = random_floats(sz(rows * ld), seed++);
+      const auto weights = random_floats(sz(rows), seed++);
+      std::vector<float> scores(sz(rows)), out(sz(dim), std::numeric_limits<float>::quiet_NaN());
+      cpu::scaled_dots(q.data(), table.data(), ld, rows, dim, 0.5f, scores.data());
+      cpu::weighted_rows(weights.data(), table.data(), ld, rows, dim, out.data());
+      std::vector<double> want_scores(sz(rows)), want_out(sz(dim), 0.0);
+      for (int64_t t = 0; t < rows; ++t) {
+        double dot = 0;
+        for (int64_t d = 0; d < dim; ++d) dot += double(q[sz(d)]) * table[sz(t * ld + d)];
+        want_scores[sz(t)] = 0.5 * dot;
+        for (int64_t d = 0; d < dim; ++d) want_out[sz(d)] += double(weights[sz(t)]) * table[sz(t * ld + d)];
+      }
+      EXPECT_TRUE(all_close(scores, want_scores));
+      EXPECT_TRUE(all_close(out, want_out));
+    }
+}
+
+TEST(CpuVectorKernels, ArgmaxIsStdMaxElementIncludingTiesInfinitiesAndNaNs) {
+  const float nan = std::numeric_limits<float>::quiet_NaN(), inf = std::numeric_limits<float>::infinity();
+  std::vector<std::vector<float>> rows;
+  for (int64_t n : {1, 15, 16, 17, 50257}) rows.push_back(random_floats(sz(n), 480 + static_cast<uint32_t>(n)));
+  std::vector<float> ties(40, 1.0f);
+  ties[7] = ties[30] = 2.0f;
+  rows.push_back(ties);
+  std::vector<float> nan_first(40, 1.0f), nan_inside(40, 1.0f), all_nan(40, nan), all_minus_inf(40, -inf);
+  nan_first[0] = nan;
+  nan_first[20] = 5.0f;
+  nan_inside[3] = nan;
+  nan_inside[25] = 5.0f;
+  rows.insert(rows.end(), {nan_first, nan_inside, all_nan, all_minus_inf});
+  for (const std::vector<float>& row : rows) {
+    SCOPED_TRACE(::testing::Message() << "n=" << row.size());
+    EXPECT_EQ(cpu::argmax_f32(row.data(), static_cast<int64_t>(row.size())),
+              std::max_element(row.begin(), row.end()) - row.begin());
+  }
+}
+
+TEST(CpuComputePool, RangesCoverEveryItemOnceAtGrainBoundaries) {
+  cpu::ComputePool& pool = cpu::ComputePool::instance();
+  for (int64_t n : {1, 5, 63, 64, 65, 1000, 4097})
+    for (int64_t grain : {1, 8, 32}) {
+      std::vector<std::atomic<int>> hits(sz(n));
+      pool.for_ranges(n, grain, [&](int64_t begin, int64_t end) {
+        EXPECT_LT(begin, end);
+        EXPECT_TRUE(begin % grain == 0) << begin;
+        for (int64_t i = begin; i < end; ++i) ++hits[sz(i)];
+      });
+      for (int64_t i = 0; i < n; ++i) ASSERT_EQ(hits[sz(i)].load(), 1) << "n=" << n << " grain=" << grain << " i=" << i;
+    }
 }
 
 TEST(CpuMatmul, F16WeightsMatchReferenceOnRoundedWeights) {

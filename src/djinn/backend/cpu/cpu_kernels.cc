@@ -1,4 +1,7 @@
 #include "djinn/backend/cpu/cpu_kernels.h"
+#include "djinn/backend/cpu/compute_pool.h"
+#include "djinn/backend/cpu/skinny_gemm.h"
+#include "djinn/backend/cpu/vector_kernels.h"
 
 #include <cblas.h>
 #include <fmt/format.h>
@@ -53,16 +56,25 @@ Status matmul(const TensorView& x, const TensorView& w, bool transpose_b, const 
     w_f32 = widened.data();
   }
   // out[m, n] = x[m, k] . (w[n, k])^T   or   x[m, k] . w[k, n]
+  const float* xs = x.as<const float>();
+  float* ys = out.as<float>();
+  if (skinny_matmul(xs, m, k, w_f32, n, transpose_b, ys)) return {};  // 2..16 rows, AVX-512
+  // OpenBLAS, one thread per slice of output columns (see ComputePool).
   const int ldb = static_cast<int>(transpose_b ? k : n);
-  if (m == 1) {
-    cblas_sgemv(CblasRowMajor, transpose_b ? CblasNoTrans : CblasTrans, transpose_b ? static_cast<int>(n) : static_cast<int>(k),
-                transpose_b ? static_cast<int>(k) : static_cast<int>(n), 1.0f, w_f32, ldb, x.as<const float>(), 1, 0.0f,
-                out.as<float>(), 1);
-    return {};
-  }
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, transpose_b ? CblasTrans : CblasNoTrans, static_cast<int>(m),
-              static_cast<int>(n), static_cast<int>(k), 1.0f, x.as<const float>(), static_cast<int>(k), w_f32, ldb, 0.0f,
-              out.as<float>(), static_cast<int>(n));
+  ComputePool::instance().for_ranges(n, 64, [&](int64_t begin, int64_t end) {
+    const float* w_slice = transpose_b ? w_f32 + begin * k : w_f32 + begin;
+    const int cols = static_cast<int>(end - begin);
+    if (m == 1) {
+      if (transpose_b) {
+        cblas_sgemv(CblasRowMajor, CblasNoTrans, cols, static_cast<int>(k), 1.0f, w_slice, ldb, xs, 1, 0.0f, ys + begin, 1);
+      } else {
+        cblas_sgemv(CblasRowMajor, CblasTrans, static_cast<int>(k), cols, 1.0f, w_slice, ldb, xs, 1, 0.0f, ys + begin, 1);
+      }
+      return;
+    }
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, transpose_b ? CblasTrans : CblasNoTrans, static_cast<int>(m), cols,
+                static_cast<int>(k), 1.0f, xs, static_cast<int>(k), w_slice, ldb, 0.0f, ys + begin, static_cast<int>(n));
+  });
   return {};
 }
 
@@ -241,14 +253,12 @@ Status attention(const TensorView& q, const TensorView& k_cache, const TensorVie
       float* oh = out.as<float>() + i * out.strides[0] + h * head_dim;
       if (k_cache.dtype == DType::kF32 && v_cache.dtype == DType::kF32) {
         // f32 caches: the head's keys and values are strided [visible, head_dim] blocks,
-        // so both products are BLAS matrix-vector products.
-        const int ld = static_cast<int>(k_cache.strides[0]);
-        cblas_sgemv(CblasRowMajor, CblasNoTrans, static_cast<int>(visible), static_cast<int>(head_dim), attrs.scale,
-                    k_cache.as<const float>() + kv_head * head_dim, ld, qh, 1, 0.0f, scores.data(), 1);
+        // products too small for BLAS's call overhead (vector_kernels.h).
+        scaled_dots(qh, k_cache.as<const float>() + kv_head * head_dim, k_cache.strides[0], visible, head_dim,
+                    attrs.scale, scores.data());
         softmax_inplace(scores.data(), visible);
-        cblas_sgemv(CblasRowMajor, CblasTrans, static_cast<int>(visible), static_cast<int>(head_dim), 1.0f,
-                    v_cache.as<const float>() + kv_head * head_dim, static_cast<int>(v_cache.strides[0]), scores.data(),
-                    1, 0.0f, oh, 1);
+        weighted_rows(scores.data(), v_cache.as<const float>() + kv_head * head_dim, v_cache.strides[0], visible,
+                      head_dim, oh);
         continue;
       }
       for (int64_t t = 0; t < visible; ++t) {
@@ -293,14 +303,22 @@ Status batched_decode_attention(const TensorView& q, const TensorView& k_new, co
     return TensorView::contiguous(x.row_ptr(b), {1, x.dim(1)}, x.dtype, x.lifetime);
   };
   const auto* pos = positions.as<const int32_t>();
-  for (int64_t b = 0; b < q.dim(0); ++b) {
-    const TensorView& k_cache = *caches[static_cast<size_t>(2 * b)];
-    const TensorView& v_cache = *caches[static_cast<size_t>(2 * b + 1)];
-    const int64_t past = pos[b];
-    DJINN_RETURN_IF_ERROR(kv_append(k_cache, row(k_new, b), past));
-    DJINN_RETURN_IF_ERROR(kv_append(v_cache, row(v_new, b), past));
-    DJINN_RETURN_IF_ERROR(attention(row(q, b), k_cache, v_cache, attrs, past, row(out, b)));
-  }
+  // Sequences are independent (each has its own caches and output row): split them over
+  // the compute pool; the first error by sequence order is the one returned.
+  const int64_t batch = q.dim(0);
+  std::vector<Status> failed(static_cast<size_t>(batch));
+  ComputePool::instance().for_ranges(batch, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t b = begin; b < end; ++b) {
+      const TensorView& k_cache = *caches[static_cast<size_t>(2 * b)];
+      const TensorView& v_cache = *caches[static_cast<size_t>(2 * b + 1)];
+      const int64_t past = pos[b];
+      Status& status = failed[static_cast<size_t>(b)];
+      status = kv_append(k_cache, row(k_new, b), past);
+      if (status.ok()) status = kv_append(v_cache, row(v_new, b), past);
+      if (status.ok()) status = attention(row(q, b), k_cache, v_cache, attrs, past, row(out, b));
+    }
+  });
+  for (Status& status : failed) DJINN_RETURN_IF_ERROR(std::move(status));
   return {};
 }
 
@@ -324,10 +342,12 @@ Status last_row(const TensorView& x, const TensorView& out) {
 Status argmax(const TensorView& x, const TensorView& out) {
   const int64_t rows = x.dim(0), cols = x.dim(1);
   if (cols == 0) return invalid_argument("argmax over an empty row");
-  for (int64_t r = 0; r < rows; ++r) {
-    const float* row = x.as<const float>() + r * cols;
-    out.as<int32_t>()[r] = static_cast<int32_t>(std::max_element(row, row + cols) - row);
-  }
+  ComputePool::instance().for_ranges(rows, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const float* row = x.as<const float>() + r * cols;
+      out.as<int32_t>()[r] = static_cast<int32_t>(argmax_f32(row, cols));
+    }
+  });
   return {};
 }
 

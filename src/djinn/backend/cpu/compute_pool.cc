@@ -1,0 +1,95 @@
+#include "djinn/backend/cpu/compute_pool.h"
+
+#include <cblas.h>
+#include <immintrin.h>
+
+#include <algorithm>
+#include <chrono>
+
+#include "djinn/core/cpu_affinity.h"
+
+namespace djinn::cpu {
+namespace {
+
+// How long an idle worker looks for the next task before it sleeps.
+constexpr auto kSpin = std::chrono::microseconds(50);
+
+}  // namespace
+
+ComputePool& ComputePool::instance() {
+  static ComputePool pool;
+  return pool;
+}
+
+ComputePool::ComputePool() {
+  openblas_set_num_threads(1);
+  const int threads = std::max(1, startup_cpu_count());
+  for (int t = 1; t < threads; ++t) workers_.emplace_back([this, t] { work(t); });
+}
+
+ComputePool::~ComputePool() {
+  stopping_.store(true);
+  generation_.fetch_add(1);
+  generation_.notify_all();
+  for (std::thread& t : workers_) t.join();
+}
+
+void ComputePool::run(const std::function<void(int)>& task) {
+  std::lock_guard lock(run_mutex_);
+  if (workers_.empty()) {
+    task(0);
+    return;
+  }
+  task_ = &task;
+  pending_.store(static_cast<int>(workers_.size()), std::memory_order_relaxed);
+  generation_.fetch_add(1, std::memory_order_release);
+  generation_.notify_all();
+  task(0);
+  while (pending_.load(std::memory_order_acquire) != 0) _mm_pause();
+  task_ = nullptr;
+}
+
+void ComputePool::for_ranges(int64_t n, int64_t grain, const std::function<void(int64_t, int64_t)>& body) {
+  if (n <= 0) return;
+  const int parts = size();
+  if (parts == 1 || n < 2 * grain * parts) {
+    body(0, n);
+    return;
+  }
+  const int64_t grains = (n + grain - 1) / grain;
+  const int64_t per_part = (grains + parts - 1) / parts;
+  run([&](int part) {
+    const int64_t begin = std::min(n, part * per_part * grain), end = std::min(n, (part + 1) * per_part * grain);
+    if (begin < end) body(begin, end);
+  });
+}
+
+void ComputePool::work(int index) {
+  // Worker i stays on the i-th CPU from the low end, so that two workers never share a
+  // core (woken from a futex, a worker was often placed on its waker's core and the
+  // step ran at half speed); the highest CPU is left to the caller (by default the
+  // server's pinned scheduler thread, see default_request_path_cpu).
+  if (!pin_current_thread(startup_cpu(index - 1))) unpin_current_thread();
+  uint64_t seen = 0;
+  for (;;) {
+    uint64_t now = generation_.load(std::memory_order_acquire);
+    if (now == seen) {
+      const auto spin_start = std::chrono::steady_clock::now();
+      for (int look = 1; now == seen; ++look) {
+        _mm_pause();
+        now = generation_.load(std::memory_order_acquire);
+        if (look % 64 == 0 && std::chrono::steady_clock::now() - spin_start > kSpin) break;
+      }
+    }
+    if (now == seen) {
+      generation_.wait(seen, std::memory_order_acquire);
+      continue;
+    }
+    seen = now;
+    if (stopping_.load()) return;
+    (*task_)(index);
+    pending_.fetch_sub(1, std::memory_order_acq_rel);
+  }
+}
+
+}  // namespace djinn::cpu

@@ -1,0 +1,54 @@
+// ComputePool: the CPU backend's worker threads, one per CPU (the caller counts as
+// one). Every parallel kernel of the CPU backend runs on it — its own skinny GEMMs and
+// OpenBLAS calls split into column slices — and OpenBLAS itself is set to one thread,
+// so that two thread pools never spin against each other for the same cores (they did:
+// OpenBLAS's idle workers yield-spin for a long while after each call, and a second
+// pool's workers then share cores with them).
+//
+// Workers spin for a short while after each task before sleeping (the matmuls of one
+// decode step come microseconds apart), then wait on a futex.
+// Threads: run() may be called from any thread; concurrent calls take turns.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <functional>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+namespace djinn::cpu {
+
+class ComputePool {
+ public:
+  // The process-wide pool; the first call starts it and sets OpenBLAS to one thread.
+  static ComputePool& instance();
+  ~ComputePool();
+  ComputePool(const ComputePool&) = delete;
+  ComputePool& operator=(const ComputePool&) = delete;
+
+  // Workers plus the caller.
+  int size() const { return static_cast<int>(workers_.size()) + 1; }
+
+  // Runs task(0), ..., task(size() - 1) at once, task(0) on the caller; returns when all
+  // are done.
+  void run(const std::function<void(int)>& task);
+
+  // Splits [0, n) into size() ranges whose ends are multiples of `grain` (but the last)
+  // and runs body(begin, end) on each non-empty one in parallel. Below 2 * grain * size()
+  // items everything runs on the caller.
+  void for_ranges(int64_t n, int64_t grain, const std::function<void(int64_t, int64_t)>& body);
+
+ private:
+  ComputePool();
+  void work(int index);
+
+  std::mutex run_mutex_;
+  const std::function<void(int)>* task_ = nullptr;
+  std::atomic<uint64_t> generation_{0};
+  std::atomic<int> pending_{0};
+  std::atomic<bool> stopping_{false};
+  std::vector<std::thread> workers_;
+};
+
+}  // namespace djinn::cpu
