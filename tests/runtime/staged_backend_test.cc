@@ -6,9 +6,13 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <chrono>
+#include <condition_variable>
 #include <cstring>
 #include <map>
 #include <mutex>
+#include <thread>
+#include <vector>
 
 #include "djinn/backend/cpu/cpu_backend.h"
 #include "djinn/runtime/runtime.h"
@@ -189,6 +193,130 @@ TEST(StagedRuntime, TheDirectInterpreterPathStagesIoToo) {
   Result<GenerateResult> gb = direct_staged->generate(prompt, 6);
   ASSERT_TRUE(gb.ok()) << gb.status().to_string();
   EXPECT_EQ(ga.new_tokens, gb->new_tokens);
+}
+
+// ---- swap copies on queues of the backend's own, with the device-side wait --------
+//
+// A CPU backend with "device" copy queues: copy_async hands the copy to a thread that
+// starts it after a delay and returns an event; compute_waits_for does not wait but
+// makes the compute queue (the next op or compute-queue copy) wait for the event, as
+// cudaStreamWaitEvent does. A step issued while the copy still runs must then see the
+// copied KV, and the host must not have waited for it.
+class CopyThreadEvent final : public QueueEvent {
+ public:
+  bool done() override { return finished_.load(); }
+  Status wait() override {
+    std::unique_lock lock(mutex_);
+    cv_.wait(lock, [this] { return finished_.load(); });
+    return status_;
+  }
+  double elapsed_seconds() override { return seconds_; }
+  void finish(Status status, double seconds) {
+    {
+      std::lock_guard lock(mutex_);
+      status_ = std::move(status);
+      seconds_ = seconds;
+      finished_.store(true);
+    }
+    cv_.notify_all();
+  }
+
+ private:
+  std::mutex mutex_;
+  std::condition_variable cv_;
+  std::atomic<bool> finished_{false};
+  Status status_;
+  double seconds_ = 0;
+};
+
+class QueuedCopyBackend final : public CpuBackend {
+ public:
+  explicit QueuedCopyBackend(std::chrono::milliseconds delay) : delay_(delay) {}
+  ~QueuedCopyBackend() override {
+    for (std::thread& t : copiers_) t.join();
+  }
+  bool supports_async_copy() const override { return true; }
+  Result<std::shared_ptr<QueueEvent>> copy_async(std::span<const CopyRegion> regions, CopyQueue queue) override {
+    auto event = std::make_shared<CopyThreadEvent>();
+    ++async_copies;
+    copiers_.emplace_back([this, event, queue, regions = std::vector<CopyRegion>(regions.begin(), regions.end())] {
+      const auto start = std::chrono::steady_clock::now();
+      std::this_thread::sleep_for(delay_);
+      const Status copied = CpuBackend::copy(regions, queue);
+      event->finish(copied, std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+    });
+    return std::shared_ptr<QueueEvent>(event);
+  }
+  Status compute_waits_for(QueueEvent& event) override {
+    ++device_waits;
+    fence_ = &event;
+    return {};
+  }
+  Status run_op(OpKind op, const OpAttrs& attrs, std::span<const TensorView* const> inputs, const TensorView& output,
+                const SymbolBindings& bindings) override {
+    DJINN_RETURN_IF_ERROR(pass_fence());
+    return CpuBackend::run_op(op, attrs, inputs, output, bindings);
+  }
+  Status copy(std::span<const CopyRegion> regions, CopyQueue queue) override {
+    if (queue == CopyQueue::kCompute) DJINN_RETURN_IF_ERROR(pass_fence());
+    return CpuBackend::copy(regions, queue);
+  }
+
+  std::atomic<int> async_copies = 0, device_waits = 0, fences_found_unfinished = 0;
+
+ private:
+  // The compute queue reaches the fence: it waits there (on the "device").
+  Status pass_fence() {
+    if (fence_ == nullptr) return {};
+    if (!fence_->done()) ++fences_found_unfinished;
+    const Status status = fence_->wait();
+    fence_ = nullptr;
+    return status;
+  }
+  std::chrono::milliseconds delay_;
+  std::vector<std::thread> copiers_;
+  QueueEvent* fence_ = nullptr;  // the compute thread's only
+};
+
+TEST(QueuedSwapCopies, AStepRightAfterASwapInWaitsOnTheDeviceAndSeesTheKv) {
+  RuntimeOptions options;
+  options.device_mem_gb = 0.25;
+  options.host_pool_gb = 0.01;
+  std::unique_ptr<Runtime> plain = *Runtime::create(options);
+  auto owned = std::make_unique<QueuedCopyBackend>(std::chrono::milliseconds(60));
+  QueuedCopyBackend& backend = *owned;
+  std::unique_ptr<Runtime> queued = *Runtime::create(std::move(owned), options);
+  const ModelId a = *plain->load_model("llama-tiny"), b = *queued->load_model("llama-tiny");
+  const int64_t vocab = (*plain->model(a))->config().vocab_size;
+  const SessionId sa = *plain->open_session(a, 32), sb = *queued->open_session(b, 32);
+  const std::vector<int32_t> prompt = prompt_of(7, vocab);
+  const int32_t first = plain->forward(sa, prompt)->next_token;
+  ASSERT_EQ(queued->forward(sb, prompt)->next_token, first);
+
+  ASSERT_TRUE(queued->swap_out(sb).ok());
+  ASSERT_TRUE(queued->settle(sb).ok());
+  ASSERT_EQ((*queued->session(sb))->residency(), Residency::kSwapped);
+  const auto issued = std::chrono::steady_clock::now();
+  ASSERT_TRUE(queued->swap_in(sb).ok());
+  // Issuing returned at once: the copy sleeps 60 ms before it starts.
+  EXPECT_LT(std::chrono::steady_clock::now() - issued, std::chrono::milliseconds(30));
+  EXPECT_EQ((*queued->session(sb))->residency(), Residency::kSwappingIn);
+
+  const std::vector<int32_t> next{first};
+  const ForwardResult want = *plain->forward(sa, next);
+  Result<ForwardResult> got = queued->forward(sb, next);
+  ASSERT_TRUE(got.ok()) << got.status().to_string();
+  EXPECT_EQ(std::memcmp(want.logits.data(), got->logits.data(), want.logits.size() * sizeof(float)), 0);
+  EXPECT_EQ(got->next_token, want.next_token);
+  EXPECT_EQ(backend.async_copies.load(), 2);
+  EXPECT_EQ(backend.device_waits.load(), 1);              // ordered on the "device" ...
+  EXPECT_EQ(backend.fences_found_unfinished.load(), 1);   // ... while the copy still ran
+  EXPECT_GT(got->swap_wait_us, 10'000.0);                  // and the step reports the wait
+  EXPECT_EQ((*queued->session(sb))->residency(), Residency::kResident);  // settled after the step
+  EXPECT_EQ(queued->swap_manager().stats().swaps_in, 1u);
+  // Generation goes on identically.
+  EXPECT_EQ(queued->generate(sb, std::vector<int32_t>{got->next_token}, 5)->new_tokens,
+            plain->generate(sa, std::vector<int32_t>{want.next_token}, 5)->new_tokens);
 }
 
 }  // namespace

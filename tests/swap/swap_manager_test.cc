@@ -42,10 +42,10 @@ TEST(SwapManager, GatherScatterRoundTripsPreserveEveryByte) {
       total += bytes;
     }
     std::byte* slice = *pool->allocate(std::max<size_t>(total, 1), "test");
-    ASSERT_TRUE(swap.gather(out, slice).get().ok());
+    ASSERT_TRUE(swap.gather(out, slice).wait().ok());
     // Scatter into a fresh target area and compare span by span.
     std::memset(target.data(), 0, target.size());
-    ASSERT_TRUE(swap.scatter(slice, in).get().ok());
+    ASSERT_TRUE(swap.scatter(slice, in).wait().ok());
     for (size_t i = 0; i < out.size(); ++i) ASSERT_EQ(std::memcmp(out[i].data, in[i].data, out[i].bytes), 0) << cycle;
     pool->free(slice);
     ASSERT_TRUE(pool->check_invariants().ok());

@@ -10,10 +10,10 @@
 // calling thread). kSwapOut / kSwapIn are the SwapManager's copy queues (CUDA: one
 // stream each), so swaps overlap compute.
 //
-// Threads: run_op, zero, synchronize and copy(..., kCompute) from one thread at a time
-// (the executor's); copy(..., kSwapOut) and copy(..., kSwapIn) each from one other
-// thread at a time, concurrently with compute. allocate / deallocate / pin_host are
-// thread-safe.
+// Threads: run_op, zero, synchronize, copy(..., kCompute), copy_async and
+// compute_waits_for from one thread at a time (the executor's); copy(..., kSwapOut) and
+// copy(..., kSwapIn) each from one other thread at a time, concurrently with compute.
+// allocate / deallocate / pin_host are thread-safe; a QueueEvent from any thread.
 #pragma once
 
 #include <cstddef>
@@ -41,6 +41,20 @@ struct CopyRegion {
 
 enum class CopyQueue : uint8_t { kCompute, kSwapOut, kSwapIn };
 
+// A point on one of a backend's queues (CUDA: an event recorded on a stream): done once
+// everything issued there before it has finished.
+class QueueEvent {
+ public:
+  virtual ~QueueEvent() = default;
+  // Whether the work before the event has finished (never blocks).
+  virtual bool done() = 0;
+  // Blocks until done; returns the work's error, if any.
+  virtual Status wait() = 0;
+  // Device time of the work between the copy_async call and the event, seconds; 0 when
+  // the backend cannot tell. Valid once done.
+  virtual double elapsed_seconds() { return 0; }
+};
+
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -67,6 +81,19 @@ class Backend {
   // the copies are ordered after every op issued before. Host memory that pin_host()
   // registered moves at DMA speed; other host memory works, slower.
   virtual Status copy(std::span<const CopyRegion> regions, CopyQueue queue) = 0;
+  // Asynchronous copies, for backends whose queues run on their own (CUDA streams):
+  // issues every region on `queue` (a swap queue), ordered after the compute queue's
+  // work so far (the bytes were last written there), and returns without waiting; the
+  // event completes with the copies. Backends without such queues (CPU) return
+  // kUnimplemented and the caller copies with copy() on a thread of its own.
+  virtual bool supports_async_copy() const { return false; }
+  virtual Result<std::shared_ptr<QueueEvent>> copy_async(std::span<const CopyRegion> /*regions*/, CopyQueue /*queue*/) {
+    return unimplemented("this backend has no asynchronous copy queues");
+  }
+  // Orders the compute queue after `event` on the device: ops issued from now on run
+  // once it is done, and the host does not wait (CUDA: cudaStreamWaitEvent). Backends
+  // without device queues wait on the host.
+  virtual Status compute_waits_for(QueueEvent& event) { return event.wait(); }
   // Zeroes `bytes` of device memory at `dst`, in compute order.
   virtual Status zero(void* dst, size_t bytes) = 0;
   // Waits for every op issued on the compute queue; returns the first error a kernel

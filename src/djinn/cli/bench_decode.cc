@@ -138,7 +138,7 @@ Result<nlohmann::json> decode_during_swaps(LoadedModel& loaded, std::span<const 
     // Odd steps: make sure a copy is in flight; even steps: make sure none is.
     const bool want_swap = step % 2 == 1;
     if (!want_swap && in_flight) {
-      in_flight->wait();
+      (void)in_flight->wait();
       in_flight.reset();
       if (Status settled = runtime.settle(other); !settled.ok()) {
         close_both();
@@ -162,13 +162,12 @@ Result<nlohmann::json> decode_during_swaps(LoadedModel& loaded, std::span<const 
       return r.status();
     }
     token = r->next_token;
-    const bool still_copying =
-        in_flight && in_flight->wait_for(std::chrono::seconds(0)) != std::future_status::ready;
+    const bool still_copying = in_flight && !in_flight->done();
     if (step < 2) continue;  // warm-up
     if (!want_swap) quiet_ms.push_back(ms);
     else if (still_copying) during_ms.push_back(ms);  // the copy outlasted the step
   }
-  if (in_flight) in_flight->wait();
+  if (in_flight) (void)in_flight->wait();
   (void)runtime.settle(other);
   const SwapStats after = runtime.swap_manager().stats();
   close_both();

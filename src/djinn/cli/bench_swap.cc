@@ -96,16 +96,16 @@ Status bench_swap(const SwapBenchOptions& options) {
     for (int r = 0; r < repeats + 1; ++r) {  // the first round warms up and is dropped
       const bool keep = r > 0;
       SwapStats before = swap.stats();
-      const double t_out = seconds_of([&] { (void)swap.gather(a.spans, slice_a).get(); });
+      const double t_out = seconds_of([&] { (void)swap.gather(a.spans, slice_a).wait(); });
       const double c_out = swap.stats().seconds_out - before.seconds_out;
       before = swap.stats();
-      const double t_in = seconds_of([&] { (void)swap.scatter(slice_a, a.spans).get(); });
+      const double t_in = seconds_of([&] { (void)swap.scatter(slice_a, a.spans).wait(); });
       const double c_in = swap.stats().seconds_in - before.seconds_in;
       const double t_both = seconds_of([&] {
         SwapTicket t1 = swap.gather(a.spans, slice_a);
         SwapTicket t2 = swap.scatter(slice_b, b.spans);
-        (void)t1.get();
-        (void)t2.get();
+        (void)t1.wait();
+        (void)t2.wait();
       });
       const double t_raw_out = seconds_of([&] { raw(raw_out_a, CopyQueue::kSwapOut); });
       const double t_raw_in = seconds_of([&] { raw(raw_in_a, CopyQueue::kSwapIn); });

@@ -2,6 +2,7 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <chrono>
 #include <numeric>
 
@@ -112,10 +113,25 @@ void InferenceSession::begin_swap_in(SwapTicket ticket) {
   residency_ = Residency::kSwappingIn;
 }
 
+Status InferenceSession::prepare_for_step(double* host_wait_us) {
+  const auto start = std::chrono::steady_clock::now();
+  Status status;
+  if (residency_ == Residency::kSwappingIn && !swap_ticket_.done()) {
+    if (!swap_in_ordered_) status = swap_ticket_.order_compute_after(backend_);
+    if (status.ok()) swap_in_ordered_ = true;
+  } else {
+    status = settle_swap();
+  }
+  if (host_wait_us != nullptr)
+    *host_wait_us = std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - start).count();
+  return status;
+}
+
 Status InferenceSession::settle_swap() {
   if (residency_ != Residency::kSwappingOut && residency_ != Residency::kSwappingIn) return {};
-  const Status copied = swap_ticket_.get();
+  const Status copied = swap_ticket_.wait();
   swap_ticket_ = {};
+  swap_in_ordered_ = false;
   if (residency_ == Residency::kSwappingOut) {
     if (!copied.ok()) {  // the copy failed: keep the state where it is, in the arena
       host_pool_->free(host_slice_);
@@ -144,7 +160,7 @@ InferenceSession::InferenceSession(std::shared_ptr<const Model> model, Backend& 
     : model_(std::move(model)), backend_(backend), interpreter_(backend), executor_(backend), capacity_(capacity) {}
 
 InferenceSession::~InferenceSession() {
-  if (residency_ == Residency::kSwappingOut || residency_ == Residency::kSwappingIn) swap_ticket_.wait();
+  if (residency_ == Residency::kSwappingOut || residency_ == Residency::kSwappingIn) (void)swap_ticket_.wait();
   if (host_slice_ != nullptr) host_pool_->free(host_slice_);
   frame_.pop();
   if (resources_.arena == nullptr)
@@ -193,7 +209,8 @@ const ModelGraph& InferenceSession::step_graph(Phase phase, bool all_logits) {
 }
 
 Status InferenceSession::validate_tokens(std::span<const int32_t> tokens) const {
-  if (residency_ != Residency::kResident)
+  const bool ordered_swap_in = residency_ == Residency::kSwappingIn && swap_in_ordered_;
+  if (residency_ != Residency::kResident && !ordered_swap_in)
     return unavailable(fmt::format("the session's KV cache is {}: swap it in first", residency_name(residency_)));
   if (tokens.empty()) return invalid_argument("no tokens to run");
   const int64_t vocab = model_->config().vocab_size;
@@ -208,7 +225,12 @@ Status InferenceSession::validate_tokens(std::span<const int32_t> tokens) const 
 }
 
 Result<ForwardResult> InferenceSession::forward(std::span<const int32_t> tokens, bool all_logits) {
-  DJINN_RETURN_IF_ERROR(settle_swap());  // a swap-in in flight: wait for its copy
+  using Clock = std::chrono::steady_clock;
+  double host_wait_us = 0;
+  DJINN_RETURN_IF_ERROR(prepare_for_step(&host_wait_us));  // a swap-in in flight: ordered after it on the device
+  // Kept for the swap-wait measurement below (settle_swap may run meanwhile).
+  const SwapTicket ordered_after = swap_in_ordered_ ? swap_ticket_ : SwapTicket{};
+  const auto step_start = Clock::now();
   DJINN_RETURN_IF_ERROR(validate_tokens(tokens));
   const auto n = static_cast<int64_t>(tokens.size());
   const Phase phase = (n == 1 && !all_logits) ? Phase::kDecode : Phase::kPrefill;
@@ -238,6 +260,18 @@ Result<ForwardResult> InferenceSession::forward(std::span<const int32_t> tokens,
                               {&result.next_token, outputs[1].data, sizeof(int32_t)}};
   DJINN_RETURN_IF_ERROR(backend_.copy(reads, CopyQueue::kCompute));
   frame_.pop();  // planned: the step's activations die with the step
+  result.swap_wait_us = host_wait_us;
+  if (ordered_after.valid() && ordered_after.done()) {
+    // The copy's end on the device: issued at issued_at(), copy_seconds() long (its
+    // stream was idle: swap-ins queue behind nothing but earlier swap-ins).
+    const double copy_end_us = std::chrono::duration<double, std::micro>(ordered_after.issued_at() - step_start).count() +
+                               ordered_after.copy_seconds() * 1e6;
+    const double waited = std::clamp(copy_end_us, 0.0, result.compute_us);
+    result.swap_wait_us += waited;
+    result.compute_us -= waited;
+  }
+  // The step has finished, so has the copy it was ordered after: free the slice.
+  if (residency_ == Residency::kSwappingIn && swap_ticket_.done()) DJINN_RETURN_IF_ERROR(settle_swap());
   return result;
 }
 

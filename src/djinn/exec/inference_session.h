@@ -40,6 +40,10 @@ struct ForwardResult {
   int32_t next_token = -1;    // greedy choice after the last token
   double dispatch_us = 0;     // planned: plan lookup (+ build on a miss) + binding pointers
   double compute_us = 0;      // kernels
+  // How long the step waited for a swap-in of this session still copying: on the host
+  // (CPU backend), or on the device where the step was ordered after the copy (then
+  // compute_us excludes it: the copy's device-timed end minus the step's start).
+  double swap_wait_us = 0;
 };
 
 // Where a planned session's memory and plans come from (all owned elsewhere except
@@ -108,9 +112,15 @@ class InferenceSession {
   void set_owner(std::string owner) { owner_ = std::move(owner); }
   std::byte* host_slice() const { return host_slice_; }
   // A swap copy is in flight and has finished (settle_swap() will not block).
-  bool swap_copy_done() const {
-    return swap_ticket_.valid() && swap_ticket_.wait_for(std::chrono::seconds(0)) == std::future_status::ready;
-  }
+  bool swap_copy_done() const { return swap_ticket_.valid() && swap_ticket_.done(); }
+  // The in-flight swap copy (invalid when none).
+  const SwapTicket& swap_ticket() const { return swap_ticket_; }
+  // Before a step: a swap-out in flight is settled (waited for); a swap-in in flight is
+  // not waited for on the host — the step is ordered after its copy on the device
+  // (SwapTicket::order_compute_after) and the session runs while still SWAPPING_IN;
+  // settle_swap() later frees the HostPool slice.
+  // `host_wait_us`, when given, receives the time spent waiting here.
+  Status prepare_for_step(double* host_wait_us = nullptr);
   // Waits for an in-flight copy and finishes it: after a swap-out the arena goes back
   // to the Data segment; after a swap-in the HostPool slice is freed. No-op otherwise.
   Status settle_swap();
@@ -145,6 +155,7 @@ class InferenceSession {
   std::map<std::pair<Phase, bool>, StepGraph> graphs_;
   Residency residency_ = Residency::kResident;
   SwapTicket swap_ticket_;
+  bool swap_in_ordered_ = false;  // steps are ordered after the in-flight swap-in's copy
   std::byte* host_slice_ = nullptr;
   HostPool* host_pool_ = nullptr;
   Status allocate_kv_in_arena();

@@ -654,13 +654,13 @@ Status Server::on_generate(const Request& request, Outgoing& out) {
   g.session = id;
   g.queue_us = us_since(request_started_);
   begin_compute(id, *record);
-  // Swap-in wait: a session the policy moved out comes back before its prefill.
+  // Swap-in wait: a session the policy moved out comes back before its prefill. Its
+  // copy is issued here (or was, ahead of time, by the policy); the prefill is ordered
+  // after it on the device, and reports how long it waited (ForwardResult).
   const auto swap_start = Clock::now();
-  Status back = session->settle_swap();
-  if (back.ok() && session->residency() == Residency::kSwapped) {
-    back = runtime_->swap_in(id).status();
-    if (back.ok()) back = session->settle_swap();
-  }
+  Status back;
+  if (session->residency() == Residency::kSwappingOut) back = session->settle_swap();
+  if (back.ok() && session->residency() == Residency::kSwapped) back = runtime_->swap_in(id).status();
   g.swap_in_us = us_since(swap_start);
   if (!back.ok()) {
     sync_policy(id);
@@ -671,6 +671,7 @@ Status Server::on_generate(const Request& request, Outgoing& out) {
   sync_policy(id);
   DJINN_ASSIGN_OR_RETURN(ForwardResult first, std::move(prefill));
   g.prefill_ms = us_since(prefill_start) / 1e3;
+  g.swap_in_us += first.swap_wait_us;
   g.compute_us = first.compute_us + first.dispatch_us;
   g.tokens.push_back(first.next_token);
   g.remaining = max_new - 1;

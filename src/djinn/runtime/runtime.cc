@@ -190,11 +190,11 @@ Status Runtime::settle(SessionId id) {
 
 Result<InferenceSession*> Runtime::resident_session(SessionId id) {
   DJINN_ASSIGN_OR_RETURN(InferenceSession * s, session(id));
-  DJINN_RETURN_IF_ERROR(s->settle_swap());
-  if (s->residency() == Residency::kSwapped) {
-    DJINN_RETURN_IF_ERROR(swap_->swap_in(*s));
-    DJINN_RETURN_IF_ERROR(s->settle_swap());
-  }
+  if (s->residency() == Residency::kSwappingOut) DJINN_RETURN_IF_ERROR(s->settle_swap());
+  if (s->residency() == Residency::kSwapped) DJINN_RETURN_IF_ERROR(swap_->swap_in(*s).status());
+  // A swap-in in flight (just issued, or started ahead by the policy): the step waits
+  // for it on the device, not here.
+  DJINN_RETURN_IF_ERROR(s->prepare_for_step());
   return s;
 }
 
@@ -269,6 +269,9 @@ Result<std::vector<ForwardResult>> Runtime::decode_batch(std::span<const Session
     results[b].dispatch_us = timing.dispatch_us;
     results[b].compute_us = timing.compute_us;
     sessions[b]->advance_length(1);
+    // A swap-in this step was ordered after is done with it: free its slice.
+    if (sessions[b]->residency() == Residency::kSwappingIn && sessions[b]->swap_copy_done())
+      DJINN_RETURN_IF_ERROR(sessions[b]->settle_swap());
   }
   return results;
 }

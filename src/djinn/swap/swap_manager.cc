@@ -16,6 +16,41 @@ nlohmann::json to_json(const SwapStats& s) {
           {"refusals", s.refusals}};
 }
 
+void SwapTicket::finish() const {
+  std::call_once(state_->finished, [this] {
+    if (state_->device != nullptr) state_->seconds = state_->device->elapsed_seconds();
+    if (state_->on_finish) state_->on_finish(state_->seconds);
+  });
+}
+
+bool SwapTicket::done() const {
+  if (state_ == nullptr) return false;
+  const bool finished = state_->device != nullptr
+                            ? state_->device->done()
+                            : state_->host.wait_for(std::chrono::seconds(0)) == std::future_status::ready;
+  if (finished) finish();
+  return finished;
+}
+
+Status SwapTicket::wait() const {
+  if (state_ == nullptr) return invalid_argument("waiting on a swap ticket that has no copy");
+  Status status = state_->device != nullptr ? state_->device->wait() : state_->host.get();
+  finish();
+  return status;
+}
+
+Status SwapTicket::order_compute_after(Backend& backend) const {
+  if (state_ == nullptr) return invalid_argument("ordering after a swap ticket that has no copy");
+  if (state_->device != nullptr && !done()) return backend.compute_waits_for(*state_->device);
+  return wait();
+}
+
+std::chrono::steady_clock::time_point SwapTicket::issued_at() const {
+  return state_ != nullptr ? state_->issued_at : std::chrono::steady_clock::time_point{};
+}
+
+double SwapTicket::copy_seconds() const { return state_ != nullptr ? state_->seconds : 0.0; }
+
 SwapManager::SwapManager(Backend& backend, HostPool& pool, DataSegment& data)
     : backend_(backend), pool_(pool), data_(data) {
   out_.thread = std::thread([this] { run_worker(out_); });
@@ -49,7 +84,9 @@ void SwapManager::run_worker(Worker& worker) {
 
 SwapTicket SwapManager::enqueue(Worker& worker, std::function<Status()> job) {
   std::packaged_task<Status()> task(std::move(job));
-  SwapTicket ticket = task.get_future().share();
+  SwapTicket ticket;
+  ticket.state_ = std::make_shared<SwapTicket::State>();
+  ticket.state_->host = task.get_future().share();
   {
     std::lock_guard lock(mutex_);
     worker.jobs.push_back(std::move(task));
@@ -59,24 +96,58 @@ SwapTicket SwapManager::enqueue(Worker& worker, std::function<Status()> job) {
 }
 
 SwapTicket SwapManager::copy(std::vector<ByteSpan> spans, std::byte* slice, bool to_slice) {
-  return enqueue(to_slice ? out_ : in_, [this, spans = std::move(spans), slice, to_slice] {
-    const auto start = std::chrono::steady_clock::now();
-    std::vector<CopyRegion> regions;
-    regions.reserve(spans.size());
-    size_t at = 0;
-    for (const ByteSpan& s : spans) {
-      regions.push_back(to_slice ? CopyRegion{slice + at, s.data, s.bytes} : CopyRegion{s.data, slice + at, s.bytes});
-      at += s.bytes;
-    }
-    const Status copied = backend_.copy(regions, to_slice ? CopyQueue::kSwapOut : CopyQueue::kSwapIn);
-    if (!copied.ok()) return copied;
-    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  std::vector<CopyRegion> regions;
+  regions.reserve(spans.size());
+  size_t total = 0;
+  for (const ByteSpan& s : spans) {
+    regions.push_back(to_slice ? CopyRegion{slice + total, s.data, s.bytes} : CopyRegion{s.data, slice + total, s.bytes});
+    total += s.bytes;
+  }
+  const CopyQueue queue = to_slice ? CopyQueue::kSwapOut : CopyQueue::kSwapIn;
+  auto record = [this, to_slice, total](double seconds) {
     std::lock_guard lock(mutex_);
     ++(to_slice ? stats_.swaps_out : stats_.swaps_in);
-    (to_slice ? stats_.bytes_out : stats_.bytes_in) += at;
+    (to_slice ? stats_.bytes_out : stats_.bytes_in) += total;
     (to_slice ? stats_.seconds_out : stats_.seconds_in) += seconds;
+  };
+  SwapTicket ticket;
+  // Backend queues (CUDA streams): issued from here, no thread hop.
+  if (backend_.supports_async_copy()) {
+    ticket.state_ = std::make_shared<SwapTicket::State>();
+    Result<std::shared_ptr<QueueEvent>> event = backend_.copy_async(regions, queue);
+    if (!event.ok()) {
+      std::promise<Status> failed;
+      failed.set_value(event.status());
+      ticket.state_->host = failed.get_future().share();
+      return ticket;
+    }
+    ticket.state_->device = std::move(event).value();
+    ticket.state_->on_finish = record;
+    return ticket;
+  }
+  // Small copies on the calling thread: the hand-off would cost more than the copy.
+  if (total <= kInlineCopyBytes) {
+    ticket.state_ = std::make_shared<SwapTicket::State>();
+    const auto start = std::chrono::steady_clock::now();
+    std::promise<Status> result;
+    const Status copied = backend_.copy(regions, queue);
+    ticket.state_->seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    if (copied.ok()) record(ticket.state_->seconds);
+    result.set_value(copied);
+    ticket.state_->host = result.get_future().share();
+    return ticket;
+  }
+  auto state = std::make_shared<double>(0.0);
+  ticket = enqueue(to_slice ? out_ : in_, [this, regions = std::move(regions), queue, record, state] {
+    const auto start = std::chrono::steady_clock::now();
+    const Status copied = backend_.copy(regions, queue);
+    if (!copied.ok()) return copied;
+    *state = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    record(*state);
     return Status{};
   });
+  ticket.state_->on_finish = [ticket_state = ticket.state_.get(), state](double) { ticket_state->seconds = *state; };
+  return ticket;
 }
 
 SwapTicket SwapManager::gather(std::vector<ByteSpan> spans, std::byte* slice) {

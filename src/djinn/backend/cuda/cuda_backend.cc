@@ -200,10 +200,7 @@ CUstream_st* CudaBackend::stream_for(CopyQueue queue) const {
   return compute_;
 }
 
-Status CudaBackend::copy(std::span<const CopyRegion> regions, CopyQueue queue) {
-  // A compute-queue copy may write a narrowed GEMM input's source. Swap copies write
-  // only arenas and host memory, never an activation (and run on other threads).
-  if (queue == CopyQueue::kCompute) forget_narrowed();
+Status CudaBackend::issue_copies(std::span<const CopyRegion> regions, CopyQueue queue) {
   cudaStream_t stream = stream_for(queue);
   // Several regions (a swap moves every KV slot's used rows): one batched call, so the
   // driver can keep the copy engine busy instead of paying a call per region. Where
@@ -230,7 +227,81 @@ Status CudaBackend::copy(std::span<const CopyRegion> regions, CopyQueue queue) {
   if (!batched)
     for (size_t i = 0; i < dsts.size(); ++i)
       DJINN_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(dsts[i], srcs[i], sizes[i], cudaMemcpyDefault, stream));
-  DJINN_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream));
+  return {};
+}
+
+Status CudaBackend::copy(std::span<const CopyRegion> regions, CopyQueue queue) {
+  // A compute-queue copy may write a narrowed GEMM input's source. Swap copies write
+  // only arenas and host memory, never an activation (and run on other threads).
+  if (queue == CopyQueue::kCompute) forget_narrowed();
+  DJINN_RETURN_IF_ERROR(issue_copies(regions, queue));
+  DJINN_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream_for(queue)));
+  return {};
+}
+
+namespace {
+
+// The end of an asynchronous copy: two timing events on its stream around the copies.
+class CudaCopyEvent final : public QueueEvent {
+ public:
+  CudaCopyEvent(cudaEvent_t start, cudaEvent_t end) : start_(start), end_(end) {}
+  ~CudaCopyEvent() override {
+    (void)cudaEventDestroy(start_);
+    (void)cudaEventDestroy(end_);
+  }
+  bool done() override {
+    const cudaError_t e = cudaEventQuery(end_);
+    if (e == cudaErrorNotReady) return false;
+    if (e != cudaSuccess) (void)cudaGetLastError();  // wait() reports it
+    return true;
+  }
+  Status wait() override {
+    DJINN_CUDA_RETURN_IF_ERROR(cudaEventSynchronize(end_));
+    return {};
+  }
+  double elapsed_seconds() override {
+    float ms = 0;
+    if (cudaEventElapsedTime(&ms, start_, end_) != cudaSuccess) {
+      (void)cudaGetLastError();
+      return 0;
+    }
+    return ms / 1e3;
+  }
+  cudaEvent_t end() const { return end_; }
+
+ private:
+  cudaEvent_t start_, end_;
+};
+
+}  // namespace
+
+Result<std::shared_ptr<QueueEvent>> CudaBackend::copy_async(std::span<const CopyRegion> regions, CopyQueue queue) {
+  if (queue == CopyQueue::kCompute) return invalid_argument("copy_async takes a swap queue, not the compute queue");
+  cudaStream_t stream = stream_for(queue);
+  cudaEvent_t after_compute = nullptr, start = nullptr, end = nullptr;
+  // Ordered after the compute stream's work so far: the bytes were last written there
+  // (a swap-out's KV), or their destination was last read there (a swap-in's arena).
+  DJINN_CUDA_RETURN_IF_ERROR(cudaEventCreateWithFlags(&after_compute, cudaEventDisableTiming));
+  Status status = cuda_status(cudaEventRecord(after_compute, compute_), "cudaEventRecord(after_compute, compute_)");
+  if (status.ok()) status = cuda_status(cudaStreamWaitEvent(stream, after_compute, 0), "cudaStreamWaitEvent(swap, compute)");
+  (void)cudaEventDestroy(after_compute);  // released once the wait has been issued
+  DJINN_RETURN_IF_ERROR(status);
+  DJINN_CUDA_RETURN_IF_ERROR(cudaEventCreate(&start));
+  if (const cudaError_t e = cudaEventCreate(&end); e != cudaSuccess) {
+    (void)cudaEventDestroy(start);
+    return cuda_status(e, "cudaEventCreate(&end)");
+  }
+  auto event = std::make_shared<CudaCopyEvent>(start, end);  // owns both from here
+  DJINN_CUDA_RETURN_IF_ERROR(cudaEventRecord(start, stream));
+  DJINN_RETURN_IF_ERROR(issue_copies(regions, queue));
+  DJINN_CUDA_RETURN_IF_ERROR(cudaEventRecord(end, stream));
+  return std::shared_ptr<QueueEvent>(std::move(event));
+}
+
+Status CudaBackend::compute_waits_for(QueueEvent& event) {
+  auto* copy = dynamic_cast<CudaCopyEvent*>(&event);
+  if (copy == nullptr) return event.wait();  // not one of ours: wait on the host
+  DJINN_CUDA_RETURN_IF_ERROR(cudaStreamWaitEvent(compute_, copy->end(), 0));
   return {};
 }
 

@@ -66,6 +66,11 @@ class CudaBackend final : public Backend {
   size_t free_memory_bytes() const override;
   bool host_addressable() const override { return false; }
   Status copy(std::span<const CopyRegion> regions, CopyQueue queue) override;
+  // Swap copies on their own streams, ordered after the compute stream's work so far;
+  // the event is a pair of timing events around them.
+  bool supports_async_copy() const override { return true; }
+  Result<std::shared_ptr<QueueEvent>> copy_async(std::span<const CopyRegion> regions, CopyQueue queue) override;
+  Status compute_waits_for(QueueEvent& event) override;
   Status zero(void* dst, size_t bytes) override;
   Status synchronize() override;
   Status pin_host(void* pointer, size_t bytes) override;
@@ -90,6 +95,8 @@ class CudaBackend final : public Backend {
   // The workspace, at least `bytes` long; growing it waits for the compute stream.
   Result<void*> workspace(size_t bytes);
   CUstream_st* stream_for(CopyQueue queue) const;
+  // Issues the copies on `queue`'s stream without waiting.
+  Status issue_copies(std::span<const CopyRegion> regions, CopyQueue queue);
 
   Status matmul(const TensorView& x, const TensorView& w, bool transpose_b, const TensorView& out);
   Status attention(const TensorView& q, const TensorView& k_cache, const TensorView& v_cache,
