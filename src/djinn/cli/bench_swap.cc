@@ -90,30 +90,38 @@ Status bench_swap(const SwapBenchOptions& options) {
     DJINN_ASSIGN_OR_RETURN(std::byte * slice_b, pool->allocate(bytes, "bench b"));
     // The raw baselines: the same bytes as one contiguous copy on the same queues.
     const CopyRegion raw_out_a{slice_a, a.arena, bytes}, raw_in_a{a.arena, slice_a, bytes}, raw_in_b{b.arena, slice_b, bytes};
-    auto raw = [&](const CopyRegion& region, CopyQueue queue) { (void)backend->copy({&region, 1}, queue); };
+    auto raw = [&](const CopyRegion& region, CopyQueue queue) { return backend->copy({&region, 1}, queue); };
     const int repeats = bytes <= (16u << 20) ? 9 : 3;
     std::vector<double> out, in, both, raw_out, raw_in, raw_both, out_copy, in_copy;
     for (int r = 0; r < repeats + 1; ++r) {  // the first round warms up and is dropped
       const bool keep = r > 0;
+      // Every copy's status is kept: a failed copy is an error, never a fast one.
+      Status failed;
+      auto keep_error = [&](Status s) {
+        if (failed.ok() && !s.ok()) failed = std::move(s);
+      };
       SwapStats before = swap.stats();
-      const double t_out = seconds_of([&] { (void)swap.gather(a.spans, slice_a).wait(); });
+      const double t_out = seconds_of([&] { keep_error(swap.gather(a.spans, slice_a).wait()); });
       const double c_out = swap.stats().seconds_out - before.seconds_out;
       before = swap.stats();
-      const double t_in = seconds_of([&] { (void)swap.scatter(slice_a, a.spans).wait(); });
+      const double t_in = seconds_of([&] { keep_error(swap.scatter(slice_a, a.spans).wait()); });
       const double c_in = swap.stats().seconds_in - before.seconds_in;
       const double t_both = seconds_of([&] {
         SwapTicket t1 = swap.gather(a.spans, slice_a);
         SwapTicket t2 = swap.scatter(slice_b, b.spans);
-        (void)t1.wait();
-        (void)t2.wait();
+        keep_error(t1.wait());
+        keep_error(t2.wait());
       });
-      const double t_raw_out = seconds_of([&] { raw(raw_out_a, CopyQueue::kSwapOut); });
-      const double t_raw_in = seconds_of([&] { raw(raw_in_a, CopyQueue::kSwapIn); });
+      const double t_raw_out = seconds_of([&] { keep_error(raw(raw_out_a, CopyQueue::kSwapOut)); });
+      const double t_raw_in = seconds_of([&] { keep_error(raw(raw_in_a, CopyQueue::kSwapIn)); });
+      Status other_failed;
       const double t_raw_both = seconds_of([&] {
-        std::thread other([&] { raw(raw_in_b, CopyQueue::kSwapIn); });
-        raw(raw_out_a, CopyQueue::kSwapOut);
+        std::thread other([&] { other_failed = raw(raw_in_b, CopyQueue::kSwapIn); });
+        keep_error(raw(raw_out_a, CopyQueue::kSwapOut));
         other.join();
       });
+      keep_error(other_failed);
+      DJINN_RETURN_IF_ERROR(failed);
       if (!keep) continue;
       out.push_back(t_out);
       out_copy.push_back(c_out);

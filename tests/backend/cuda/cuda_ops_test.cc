@@ -1323,5 +1323,55 @@ TEST_P(CudaCapture, CapturedStepsEqualUncapturedBitForBit) {
 
 INSTANTIATE_TEST_SUITE_P(Presets, CudaCapture, ::testing::Values("llama-tiny", "gpt2-tiny"));
 
+// Swaps on the CUDA streams: a step issued right after a swap-in is ordered after the
+// copy on the device (no host wait) and generates what a session never swapped does;
+// so do batched steps with a session swapped out and in between them.
+TEST(CudaSwap, StepsOrderedAfterASwapInOnTheDeviceGenerateAsWithoutSwaps) {
+  Result<std::unique_ptr<Backend>> probe = make_backend(DeviceKind::kCuda);
+  if (!probe.ok()) GTEST_SKIP() << "no CUDA backend: " << probe.status().to_string();
+  RuntimeOptions options;
+  options.device = DeviceKind::kCuda;
+  options.device_mem_gb = 1;
+  options.host_pool_gb = 0.25;
+  std::unique_ptr<Runtime> rt = *Runtime::create(options);
+  const ModelId model = *rt->load_model("llama-tiny", {.dtype = DType::kBF16, .seed = 4});
+  const int64_t vocab = (*rt->model(model))->config().vocab_size;
+  std::vector<int32_t> prompt;
+  for (int i = 0; i < 40; ++i) prompt.push_back(static_cast<int32_t>((i * 29 + 3) % vocab));
+  const SessionId kept = *rt->open_session(model, 96), moved = *rt->open_session(model, 96);
+  const int32_t first = rt->forward(kept, prompt)->next_token;
+  ASSERT_EQ(rt->forward(moved, prompt)->next_token, first);
+  std::vector<int32_t> want, got;
+  int32_t a = first, b = first;
+  for (int round = 0; round < 6; ++round) {
+    ASSERT_TRUE(rt->swap_out(moved).ok());
+    const Status settled = rt->settle(moved);
+    ASSERT_TRUE(settled.ok()) << settled.to_string();
+    ASSERT_EQ((*rt->session(moved))->residency(), Residency::kSwapped);
+    ASSERT_TRUE(rt->swap_in(moved).ok());  // issued; the forward below does not wait for it on the host
+    Result<ForwardResult> rb = rt->forward(moved, std::vector<int32_t>{b});
+    ASSERT_TRUE(rb.ok()) << rb.status().to_string();
+    EXPECT_EQ((*rt->session(moved))->residency(), Residency::kResident);
+    a = rt->forward(kept, std::vector<int32_t>{a})->next_token;
+    b = rb->next_token;
+    want.push_back(a);
+    got.push_back(b);
+    // A batched step with the moved session swapped out and in just before it.
+    ASSERT_TRUE(rt->swap_out(moved).ok());
+    const Status settled_again = rt->settle(moved);
+    ASSERT_TRUE(settled_again.ok()) << settled_again.to_string();
+    const SessionId both[] = {kept, moved};
+    const int32_t tokens[] = {a, b};
+    Result<std::vector<ForwardResult>> step = rt->decode_batch(both, tokens);  // swaps `moved` in
+    ASSERT_TRUE(step.ok()) << step.status().to_string();
+    EXPECT_EQ((*step)[0].next_token, (*step)[1].next_token);
+    a = (*step)[0].next_token;
+    b = (*step)[1].next_token;
+  }
+  EXPECT_EQ(got, want);
+  EXPECT_EQ(rt->swap_manager().stats().swaps_in, 12u);
+  EXPECT_GT(rt->swap_manager().stats().seconds_in, 0.0);  // timed by the device's events
+}
+
 }  // namespace
 }  // namespace djinn

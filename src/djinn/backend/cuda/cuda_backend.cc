@@ -282,10 +282,14 @@ Result<std::shared_ptr<QueueEvent>> CudaBackend::copy_async(std::span<const Copy
   // Ordered after the compute stream's work so far: the bytes were last written there
   // (a swap-out's KV), or their destination was last read there (a swap-in's arena).
   DJINN_CUDA_RETURN_IF_ERROR(cudaEventCreateWithFlags(&after_compute, cudaEventDisableTiming));
-  Status status = cuda_status(cudaEventRecord(after_compute, compute_), "cudaEventRecord(after_compute, compute_)");
-  if (status.ok()) status = cuda_status(cudaStreamWaitEvent(stream, after_compute, 0), "cudaStreamWaitEvent(swap, compute)");
+  cudaError_t ordered = cudaEventRecord(after_compute, compute_);
+  const char* failed_call = "cudaEventRecord(after_compute, compute_)";
+  if (ordered == cudaSuccess) {
+    ordered = cudaStreamWaitEvent(stream, after_compute, 0);
+    failed_call = "cudaStreamWaitEvent(swap stream, after_compute)";
+  }
   (void)cudaEventDestroy(after_compute);  // released once the wait has been issued
-  DJINN_RETURN_IF_ERROR(status);
+  if (ordered != cudaSuccess) return cuda_status(ordered, failed_call);
   DJINN_CUDA_RETURN_IF_ERROR(cudaEventCreate(&start));
   if (const cudaError_t e = cudaEventCreate(&end); e != cudaSuccess) {
     (void)cudaEventDestroy(start);
