@@ -58,7 +58,8 @@ Status make_session(Backend& backend, size_t bytes, uint8_t fill, FakeSession& s
                                                            device_name(backend.device())));
   const std::vector<std::byte> pattern(arena_bytes, std::byte{fill});
   DJINN_RETURN_IF_ERROR(backend.upload(s.arena, pattern.data(), arena_bytes));
-  const size_t per_slot = bytes / kSlots, stride = arena_bytes / kSlots / 256 * 256;
+  // Slot runs of whole 256-byte rows, as a KV cache's are (rows x heads x head_dim).
+  const size_t per_slot = bytes / kSlots / 256 * 256, stride = arena_bytes / kSlots / 256 * 256;
   size_t left = bytes;
   for (int i = 0; i < kSlots; ++i) {
     const size_t n = i + 1 == kSlots ? left : per_slot;

@@ -497,6 +497,63 @@ TEST_F(CudaOps, MemoryCopyZeroAndQueuesRoundTrip) {
   cuda_->unpin_host(host.data());
 }
 
+// Asynchronous swap copies of many spans: by SM threads (small, aligned, registered
+// host memory), by the copy engines (unaligned spans, or host memory that is not
+// registered), every byte round trips, and a failed precondition is never a kernel
+// touching unmapped memory.
+TEST_F(CudaOps, AsyncSpanCopiesRoundTripByKernelAndByCopyEngine) {
+  constexpr size_t kDeviceBytes = size_t{3} << 20;
+  std::byte* device = static_cast<std::byte*>(cuda_->allocate(kDeviceBytes, 256));
+  ASSERT_NE(device, nullptr);
+  Rng rng(77);
+  std::vector<std::byte> pattern(kDeviceBytes);
+  for (size_t i = 0; i < pattern.size(); ++i) pattern[i] = static_cast<std::byte>(rng.ints(1, 0, 255)[0]);
+  ASSERT_TRUE(cuda_->upload(device, pattern.data(), kDeviceBytes).ok());
+  std::vector<std::byte> registered(kDeviceBytes), plain(kDeviceBytes);
+  ASSERT_TRUE(cuda_->pin_host(registered.data(), registered.size()).ok());
+  // spans: {device offset, bytes}; packed back to back on the host side.
+  auto round_trip = [&](std::vector<std::pair<size_t, size_t>> spans, std::vector<std::byte>& host) {
+    std::vector<CopyRegion> out, in;
+    size_t at = 0;
+    for (auto [offset, bytes] : spans) {
+      out.push_back({host.data() + at, device + offset, bytes});
+      in.push_back({device + offset, host.data() + at, bytes});
+      at += bytes;
+    }
+    std::fill(host.begin(), host.end(), kPoison);
+    Result<std::shared_ptr<QueueEvent>> copied_out = cuda_->copy_async(out, CopyQueue::kSwapOut);
+    ASSERT_TRUE(copied_out.ok()) << copied_out.status().to_string();
+    ASSERT_TRUE((*copied_out)->wait().ok());
+    EXPECT_TRUE((*copied_out)->done());
+    for (size_t i = 0, h = 0; i < spans.size(); h += spans[i].second, ++i)
+      ASSERT_EQ(std::memcmp(host.data() + h, pattern.data() + spans[i].first, spans[i].second), 0) << "span " << i;
+    ASSERT_TRUE(cuda_->zero(device, kDeviceBytes).ok());
+    ASSERT_TRUE(cuda_->synchronize().ok());
+    Result<std::shared_ptr<QueueEvent>> copied_in = cuda_->copy_async(in, CopyQueue::kSwapIn);
+    ASSERT_TRUE(copied_in.ok()) << copied_in.status().to_string();
+    ASSERT_TRUE(cuda_->compute_waits_for(**copied_in).ok());  // the download below is ordered after it
+    std::vector<std::byte> back(kDeviceBytes);
+    ASSERT_TRUE(cuda_->download(back.data(), device, kDeviceBytes).ok());
+    for (auto [offset, bytes] : spans)
+      ASSERT_EQ(std::memcmp(back.data() + offset, pattern.data() + offset, bytes), 0) << "offset " << offset;
+    EXPECT_GE((*copied_in)->elapsed_seconds(), 0.0);
+    ASSERT_TRUE(cuda_->upload(device, pattern.data(), kDeviceBytes).ok());
+  };
+  std::vector<std::pair<size_t, size_t>> aligned, unaligned;
+  for (size_t i = 0; i < 24; ++i) aligned.push_back({i * 100'000 / 16 * 16, 4096 + 16 * i});
+  for (size_t i = 0; i < 24; ++i) unaligned.push_back({i * 100'001 + 3, 4093 + i});
+  round_trip(aligned, registered);    // SM threads
+  round_trip(unaligned, registered);  // copy engines: not 16-byte aligned
+  round_trip(aligned, plain);         // copy engines: host memory not registered
+  std::vector<std::pair<size_t, size_t>> many;  // more spans than a kernel table holds
+  for (size_t i = 0; i < 200; ++i) many.push_back({i * 8192, 4096});
+  round_trip(many, registered);
+  std::vector<std::pair<size_t, size_t>> one_large{{0, kDeviceBytes}};
+  round_trip(one_large, registered);
+  cuda_->unpin_host(registered.data());
+  cuda_->deallocate(device);
+}
+
 // ---------------------------------------------------------------------------------
 // embedding
 // ---------------------------------------------------------------------------------

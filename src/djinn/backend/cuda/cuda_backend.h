@@ -95,8 +95,15 @@ class CudaBackend final : public Backend {
   // The workspace, at least `bytes` long; growing it waits for the compute stream.
   Result<void*> workspace(size_t bytes);
   CUstream_st* stream_for(CopyQueue queue) const;
+  // Swaps up to this size move by copy_spans (DJINN_CUDA_SPAN_COPY_MAX_MB; 0: never).
+  size_t span_copy_max_bytes_ = 0;
+  // Reused events of swap copies (shared: a ticket may outlive a copy's call).
+  std::shared_ptr<struct CudaEventPool> event_pool_;
   // Issues the copies on `queue`'s stream without waiting.
   Status issue_copies(std::span<const CopyRegion> regions, CopyQueue queue);
+  // Whether a swap's regions go by copy_spans (SM threads) rather than the copy engines:
+  // at most span_copy_max_bytes_ in all, 16-byte aligned, the host side mapped memory.
+  bool span_copy_fits(std::span<const CopyRegion> regions, CopyQueue queue) const;
 
   Status matmul(const TensorView& x, const TensorView& w, bool transpose_b, const TensorView& out);
   Status attention(const TensorView& q, const TensorView& k_cache, const TensorView& v_cache,

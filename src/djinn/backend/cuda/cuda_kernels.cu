@@ -2,6 +2,7 @@
 // cuda_attention.cu). Contracts are in cuda_kernels.h. Memory-bound kernels take a
 // 4-element vector path (16-byte f32 accesses, 8-byte 16-bit ones) when every pointer
 // and row length allows it, else a scalar path with the same arithmetic.
+#include <algorithm>
 #include "djinn/backend/cuda/cuda_common.cuh"
 #include "djinn/backend/cuda/cuda_kernels.h"
 
@@ -532,6 +533,32 @@ cudaError_t kv_append_batched(void* const* caches, const KvCacheLayout& layout, 
                               int64_t fresh_stride, int64_t batch, const int32_t* positions, DeviceError* error,
                               cudaStream_t stream) {
   return launch_kv_append<true>(nullptr, caches, layout, fresh, fresh_stride, batch, positions, error, stream);
+}
+
+// ---- span copies -------------------------------------------------------------------
+
+// blockIdx.y: the span; blocks along x stride over it in 16-byte words, so that many
+// loads and stores are in flight at once (what keeps PCIe busy without a copy engine).
+__global__ void copy_spans_kernel(const SpanCopyTable table) {
+  const SpanCopy span = table.spans[blockIdx.y];
+  const auto* src = static_cast<const uint4*>(span.src);
+  auto* dst = static_cast<uint4*>(span.dst);
+  const uint64_t words = span.bytes / sizeof(uint4);
+  for (uint64_t i = blockIdx.x * uint64_t{blockDim.x} + threadIdx.x; i < words; i += uint64_t{gridDim.x} * blockDim.x)
+    dst[i] = src[i];
+}
+
+cudaError_t copy_spans(const SpanCopyTable& table, cudaStream_t stream) {
+  if (table.count <= 0) return cudaSuccess;
+  if (table.count > kMaxSpanCopies) return cudaErrorInvalidValue;
+  uint64_t largest = 0;
+  for (int i = 0; i < table.count; ++i) largest = table.spans[i].bytes > largest ? table.spans[i].bytes : largest;
+  // One 16-byte word per thread (as many PCIe transactions in flight as can be), at
+  // most 1024 blocks per span.
+  const uint64_t words = largest / sizeof(uint4);
+  const unsigned blocks = static_cast<unsigned>(std::min<uint64_t>(1024, std::max<uint64_t>(1, (words + kThreads - 1) / kThreads)));
+  copy_spans_kernel<<<dim3(blocks, static_cast<unsigned>(table.count)), kThreads, 0, stream>>>(table);
+  return cudaGetLastError();
 }
 
 }  // namespace djinn::gpu

@@ -52,6 +52,27 @@ struct DeviceError {
 };
 
 // ---------------------------------------------------------------------------------
+// Span copies by SM threads (small swaps)
+// ---------------------------------------------------------------------------------
+
+// Byte spans moved by the SMs instead of the copy engines, for swaps so small that the
+// copy engines' per-region setup dominates (a 1 MiB KV cache in 24 slot runs moved at
+// half the speed of one contiguous copy). Either side of a span may be host memory
+// the device maps (registered, at the same address): the kernel's loads and stores
+// then cross PCIe directly. Every src, dst and size must be 16-byte aligned.
+struct SpanCopy {
+  const void* src;
+  void* dst;
+  uint64_t bytes;
+};
+constexpr int kMaxSpanCopies = 128;  // the table is a kernel parameter (3 KiB)
+struct SpanCopyTable {
+  int32_t count;
+  SpanCopy spans[kMaxSpanCopies];
+};
+cudaError_t copy_spans(const SpanCopyTable& table, cudaStream_t stream);
+
+// ---------------------------------------------------------------------------------
 // Gathers, conversions, elementwise
 // ---------------------------------------------------------------------------------
 
