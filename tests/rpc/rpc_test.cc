@@ -20,6 +20,7 @@
 #include <zmq.hpp>
 
 #include "djinn/models/model_config.h"
+#include "djinn/core/cpu_affinity.h"
 #include "djinn/rpc/client.h"
 #include "djinn/rpc/graph_codec.h"
 #include "djinn/rpc/server.h"
@@ -348,13 +349,13 @@ TEST(Rpc, AClosedSessionsArenaIsReused) {
 // it, answers are the same as unpinned, and a CPU that does not exist is refused.
 TEST(Rpc, APinnedRequestPathServesTheSameAnswers) {
   rpc::ServerOptions pinned_options = loopback_options();
-  pinned_options.pin_cpu = 0;
+  pinned_options.pin_cpu = startup_cpu(0);
   std::vector<int32_t> pinned_tokens;
   {
     LoopbackServer pinned(pinned_options);
     auto client = pinned.connect();
     const json threads = stats_of(*client)["threads"];
-    EXPECT_EQ(threads["pin_cpu"], 0);
+    EXPECT_EQ(threads["pin_cpu"], startup_cpu(0));
     const uint64_t model = client->load_model("gpt2-tiny")->model_id();
     pinned_tokens = generate_on_fresh_session(*client, model, prompt_of(5), 6);
   }

@@ -232,6 +232,8 @@ class CopyThreadEvent final : public QueueEvent {
 class QueuedCopyBackend final : public CpuBackend {
  public:
   explicit QueuedCopyBackend(std::chrono::milliseconds delay) : delay_(delay) {}
+  // The next asynchronous copy fails (after the delay, without copying).
+  std::atomic<bool> fail_next_copy = false;
   ~QueuedCopyBackend() override {
     for (std::thread& t : copiers_) t.join();
   }
@@ -242,7 +244,8 @@ class QueuedCopyBackend final : public CpuBackend {
     copiers_.emplace_back([this, event, queue, regions = std::vector<CopyRegion>(regions.begin(), regions.end())] {
       const auto start = std::chrono::steady_clock::now();
       std::this_thread::sleep_for(delay_);
-      const Status copied = CpuBackend::copy(regions, queue);
+      const Status copied = fail_next_copy.exchange(false) ? internal_error("injected copy failure")
+                                                           : CpuBackend::copy(regions, queue);
       event->finish(copied, std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
     });
     return std::shared_ptr<QueueEvent>(event);
@@ -317,6 +320,46 @@ TEST(QueuedSwapCopies, AStepRightAfterASwapInWaitsOnTheDeviceAndSeesTheKv) {
   // Generation goes on identically.
   EXPECT_EQ(queued->generate(sb, std::vector<int32_t>{got->next_token}, 5)->new_tokens,
             plain->generate(sa, std::vector<int32_t>{want.next_token}, 5)->new_tokens);
+}
+
+// A swap-in whose copy fails after the step was ordered after it: the step does not
+// count (the session's length stays), the session is SWAPPED again with its state in
+// the HostPool slice, and a second swap-in brings it back intact.
+TEST(QueuedSwapCopies, AFailedSwapInCopyUndoesTheStepAndKeepsTheState) {
+  RuntimeOptions options;
+  options.device_mem_gb = 0.25;
+  options.host_pool_gb = 0.01;
+  std::unique_ptr<Runtime> plain = *Runtime::create(options);
+  auto owned = std::make_unique<QueuedCopyBackend>(std::chrono::milliseconds(20));
+  QueuedCopyBackend& backend = *owned;
+  std::unique_ptr<Runtime> queued = *Runtime::create(std::move(owned), options);
+  const ModelId a = *plain->load_model("llama-tiny"), b = *queued->load_model("llama-tiny");
+  const int64_t vocab = (*plain->model(a))->config().vocab_size;
+  const SessionId sa = *plain->open_session(a, 32), sb = *queued->open_session(b, 32);
+  const std::vector<int32_t> prompt = prompt_of(5, vocab);
+  const int32_t first = plain->forward(sa, prompt)->next_token;
+  ASSERT_EQ(queued->forward(sb, prompt)->next_token, first);
+  ASSERT_TRUE(queued->swap_out(sb).ok());
+  ASSERT_TRUE(queued->settle(sb).ok());
+  const int64_t length = (*queued->session(sb))->length();
+
+  backend.fail_next_copy = true;
+  ASSERT_TRUE(queued->swap_in(sb).ok());
+  Result<ForwardResult> failed = queued->forward(sb, std::vector<int32_t>{first});
+  ASSERT_FALSE(failed.ok());
+  EXPECT_NE(failed.status().message().find("injected copy failure"), std::string::npos) << failed.status().to_string();
+  EXPECT_EQ((*queued->session(sb))->residency(), Residency::kSwapped);
+  EXPECT_EQ((*queued->session(sb))->length(), length);
+  EXPECT_EQ(queued->swap_manager().stats().swaps_in, 0u);  // a failed copy is not a swap
+
+  // Forward swaps it in again (this copy succeeds) and continues where it was.
+  const ForwardResult want = *plain->forward(sa, std::vector<int32_t>{first});
+  Result<ForwardResult> got = queued->forward(sb, std::vector<int32_t>{first});
+  ASSERT_TRUE(got.ok()) << got.status().to_string();
+  EXPECT_EQ(got->next_token, want.next_token);
+  EXPECT_EQ(std::memcmp(want.logits.data(), got->logits.data(), want.logits.size() * sizeof(float)), 0);
+  EXPECT_EQ((*queued->session(sb))->length(), length + 1);
+  EXPECT_EQ((*queued->session(sb))->residency(), Residency::kResident);
 }
 
 }  // namespace

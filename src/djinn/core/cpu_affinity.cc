@@ -43,6 +43,8 @@ int startup_cpu(int i) {
   return -1;
 }
 
+bool is_startup_cpu(int cpu) { return cpu >= 0 && cpu < CPU_SETSIZE && CPU_ISSET(cpu, &startup_cpus().set); }
+
 int default_request_path_cpu() {
   if (startup_cpu_count() < 2) return -1;
   for (int c = CPU_SETSIZE - 1; c >= 0; --c)

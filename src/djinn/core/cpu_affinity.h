@@ -21,6 +21,10 @@ int startup_cpu_count();
 // The i-th CPU (0-based, in increasing order) the process started with; -1 past the end.
 int startup_cpu(int i);
 
+// Whether `cpu` is one of the CPUs the process started with (pinning elsewhere fails,
+// and ZeroMQ aborts when its I/O thread's affinity cannot be set).
+bool is_startup_cpu(int cpu);
+
 // The default CPU for a server's request path: the highest-numbered CPU the process
 // started with, when it started with two or more (so that one stays for the rest);
 // -1 otherwise.

@@ -225,6 +225,14 @@ Status InferenceSession::validate_tokens(std::span<const int32_t> tokens) const 
 }
 
 Result<ForwardResult> InferenceSession::forward(std::span<const int32_t> tokens, bool all_logits) {
+  Result<ForwardResult> result = run_forward(tokens, all_logits);
+  // A step that failed while ordered after a swap-in: settle the copy, so the session
+  // is RESIDENT or (the copy failed: its error says why the step did) SWAPPED again.
+  if (!result.ok() && residency_ == Residency::kSwappingIn) DJINN_RETURN_IF_ERROR(settle_swap());
+  return result;
+}
+
+Result<ForwardResult> InferenceSession::run_forward(std::span<const int32_t> tokens, bool all_logits) {
   using Clock = std::chrono::steady_clock;
   double host_wait_us = 0;
   DJINN_RETURN_IF_ERROR(prepare_for_step(&host_wait_us));  // a swap-in in flight: ordered after it on the device
@@ -251,7 +259,6 @@ Result<ForwardResult> InferenceSession::forward(std::span<const int32_t> tokens,
     ~FramePopper() { frame.pop(); }
   } pop_on_exit{frame_};
   DJINN_ASSIGN_OR_RETURN(std::vector<TensorView> outputs, run_step(step.model_graph, bindings, result));
-  length_ += n;
 
   const TensorView& logits = outputs[0];
   result.rows = logits.dim(0);
@@ -270,8 +277,11 @@ Result<ForwardResult> InferenceSession::forward(std::span<const int32_t> tokens,
     result.swap_wait_us += waited;
     result.compute_us -= waited;
   }
-  // The step has finished, so has the copy it was ordered after: free the slice.
-  if (residency_ == Residency::kSwappingIn && swap_ticket_.done()) DJINN_RETURN_IF_ERROR(settle_swap());
+  // The step has finished, so has the copy it was ordered after: free the slice. A
+  // copy that failed means the step read a bad cache: the session goes back to SWAPPED
+  // (its state is still in the slice) and the step does not count.
+  if (residency_ == Residency::kSwappingIn) DJINN_RETURN_IF_ERROR(settle_swap());
+  length_ += n;
   return result;
 }
 

@@ -132,6 +132,8 @@ class InferenceSession {
  private:
   InferenceSession(std::shared_ptr<const Model> model, Backend& backend, int64_t capacity);
   Status validate_tokens(std::span<const int32_t> tokens) const;
+  // forward() but for settling a swap-in after a failed step.
+  Result<ForwardResult> run_forward(std::span<const int32_t> tokens, bool all_logits);
 
   struct StepGraph {
     ModelGraph model_graph;

@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 #include <sched.h>
 
+#include "djinn/core/cpu_affinity.h"
 #include "djinn/rpc/graph_codec.h"
 #include "djinn/rpc/wire.h"
 
@@ -24,6 +25,8 @@ Client::Client(std::string address, const ClientOptions& options)
 Client::~Client() { socket_.close(); }
 
 Result<std::unique_ptr<Client>> Client::connect(const std::string& address, const ClientOptions& options) {
+  if (options.io_cpu < -1 || (options.io_cpu >= 0 && !is_startup_cpu(options.io_cpu)))
+    return invalid_argument(fmt::format("io_cpu {} is not one of the CPUs this process may use", options.io_cpu));
   std::unique_ptr<Client> client(new Client(address, options));
   try {
     client->socket_.connect(address);

@@ -23,6 +23,7 @@ namespace {
 constexpr double kMiB = 1024.0 * 1024.0;
 constexpr int kPollMs = 5;         // how often the loop looks at leases, swap timers and the stop flag
 constexpr size_t kMaxGraphs = 1024;  // graphs kept for RunGraph-by-hash
+constexpr int kPipeRequestFrames = 1024;  // request frames queued for the scheduler
 
 double us_since(std::chrono::steady_clock::time_point start) {
   return std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - start).count();
@@ -86,9 +87,8 @@ Result<std::unique_ptr<Server>> Server::create(const ServerOptions& options) {
   if (!(options.session_lease_s > 0)) return invalid_argument("--session-lease-s must be > 0");
   if (!(options.max_request_mb > 0)) return invalid_argument("--max-request-mb must be > 0");
   DJINN_RETURN_IF_ERROR(parse_swap_policy(options.policy));
-  const long cpus = ::sysconf(_SC_NPROCESSORS_ONLN);
-  if (options.pin_cpu < -1 || options.pin_cpu >= cpus)
-    return invalid_argument(fmt::format("--pin-cpu {} is not a CPU of this machine (0 .. {})", options.pin_cpu, cpus - 1));
+  if (options.pin_cpu < -1 || (options.pin_cpu >= 0 && !is_startup_cpu(options.pin_cpu)))
+    return invalid_argument(fmt::format("--pin-cpu {} is not one of the CPUs this process may use", options.pin_cpu));
   DJINN_ASSIGN_OR_RETURN(std::unique_ptr<Runtime> runtime, Runtime::create(options.runtime));
   std::unique_ptr<Server> server(new Server(options, std::move(runtime)));
   for (const std::string& address : options.listen) {
@@ -110,17 +110,22 @@ Server::Server(const ServerOptions& options, std::unique_ptr<Runtime> runtime)
       rpc_side_(context_, zmq::socket_type::pair),
       scheduler_side_(context_, zmq::socket_type::pair),
       policy_(*parse_swap_policy(options.policy), options.idle_timeout_s) {
-  // The RPC <-> scheduler pipe never drops or blocks: its queues are unbounded (the
-  // ROUTER's limits bound what can enter it).
+  // The RPC <-> scheduler pipe: requests queue up to kPipeRequestFrames frames (then the
+  // RPC thread stops reading the ROUTER: backpressure, see relay()); replies never
+  // block the scheduler (unbounded: there are never more than requests).
   const std::string pipe = fmt::format("inproc://djinn-scheduler-{}", static_cast<const void*>(this));
-  for (zmq::socket_t* side : {&rpc_side_, &scheduler_side_}) {
-    side->set(zmq::sockopt::linger, 0);
-    side->set(zmq::sockopt::sndhwm, 0);
-    side->set(zmq::sockopt::rcvhwm, 0);
-  }
+  rpc_side_.set(zmq::sockopt::linger, 0);
+  scheduler_side_.set(zmq::sockopt::linger, 0);
+  rpc_side_.set(zmq::sockopt::sndhwm, kPipeRequestFrames);
+  scheduler_side_.set(zmq::sockopt::rcvhwm, kPipeRequestFrames);
+  rpc_side_.set(zmq::sockopt::rcvhwm, 0);
+  scheduler_side_.set(zmq::sockopt::sndhwm, 0);
   rpc_side_.bind(pipe);
   scheduler_side_.connect(pipe);
   router_.set(zmq::sockopt::linger, 0);
+  // A reply to a client that is gone (or whose queue is full) fails, and is counted,
+  // instead of vanishing.
+  router_.set(zmq::sockopt::router_mandatory, true);
   // Frames larger than the request limit (+ room for the header) are dropped by ZeroMQ
   // before they are buffered in full.
   router_.set(zmq::sockopt::maxmsgsize, static_cast<int64_t>(options.max_request_mb * kMiB) + (int64_t{1} << 20));
@@ -185,16 +190,55 @@ Status Server::serve() {
   Status scheduled;
   std::atomic<bool> scheduler_done{false};
   std::thread scheduler([&] {
-    scheduled = schedule();
+    try {
+      scheduled = schedule();
+    } catch (const std::exception& e) {  // never std::terminate: the RPC thread drains and reports it
+      scheduled = internal_error(fmt::format("scheduler thread: {}", e.what()));
+    }
     scheduler_done.store(true, std::memory_order_release);
   });
   cpu_set_t original;
   const bool pinned = options_.pin_cpu >= 0 && pthread_getaffinity_np(pthread_self(), sizeof original, &original) == 0 &&
                       pin_current_thread(options_.pin_cpu);
-  zmq::pollitem_t items[] = {{router_.handle(), 0, ZMQ_POLLIN, 0}, {rpc_side_.handle(), 0, ZMQ_POLLIN, 0}};
   Status status;
+  try {
+    status = relay(scheduler_done);
+  } catch (const std::exception& e) {
+    status = internal_error(fmt::format("rpc thread: {}", e.what()));
+  }
+  // Drain: the scheduler cancels what is in flight and closes every session; its last
+  // replies still go out.
+  scheduler_stop_.store(true, std::memory_order_relaxed);
+  while (!scheduler_done.load(std::memory_order_acquire)) {
+    zmq::pollitem_t replies[] = {{rpc_side_.handle(), 0, ZMQ_POLLIN, 0}};
+    try {
+      zmq::poll(replies, 1, std::chrono::milliseconds(kPollMs));
+      while (forward_message(rpc_side_, router_, &replies_dropped_)) {
+      }
+    } catch (const zmq::error_t&) {  // EINTR (a second signal) or worse: keep waiting for the scheduler
+    }
+  }
+  scheduler.join();
+  try {
+    while (forward_message(rpc_side_, router_, &replies_dropped_)) {
+    }
+  } catch (const zmq::error_t&) {
+  }
+  if (pinned) pthread_setaffinity_np(pthread_self(), sizeof original, &original);
+  DJINN_RETURN_IF_ERROR(status);
+  return scheduled;
+}
+
+Status Server::relay(const std::atomic<bool>& scheduler_done) {
+  // Backpressure: the ROUTER is read only while the pipe to the scheduler has room, so
+  // a busy scheduler leaves requests queued in ZeroMQ (bounded by its high-water mark
+  // and --max-request-mb), not in this process's memory.
+  zmq::pollitem_t items[] = {{router_.handle(), 0, ZMQ_POLLIN, 0}, {rpc_side_.handle(), 0, ZMQ_POLLIN, 0}};
   while (!stop_requested_.load(std::memory_order_relaxed) && !scheduler_done.load(std::memory_order_acquire)) {
-    if (options_.busy_poll_us > 0) {  // see ServerOptions::busy_poll_us
+    const bool room = (rpc_side_.get(zmq::sockopt::events) & ZMQ_POLLOUT) != 0;
+    items[0].events = room ? ZMQ_POLLIN : 0;
+    items[1].events = static_cast<short>(ZMQ_POLLIN | (room ? 0 : ZMQ_POLLOUT));
+    if (options_.busy_poll_us > 0 && room) {  // see ServerOptions::busy_poll_us
       const auto spin_start = Clock::now();
       while (Clock::now() - spin_start < std::chrono::microseconds(options_.busy_poll_us)) {
         if ((router_.get(zmq::sockopt::events) & ZMQ_POLLIN) || (rpc_side_.get(zmq::sockopt::events) & ZMQ_POLLIN)) break;
@@ -205,30 +249,15 @@ Status Server::serve() {
       zmq::poll(items, 2, std::chrono::milliseconds(kPollMs));
     } catch (const zmq::error_t& e) {
       if (e.num() == EINTR) continue;
-      status = internal_error(fmt::format("poll: {}", e.what()));
-      break;
+      return internal_error(fmt::format("poll: {}", e.what()));
     }
     // Replies first: they finish work already done.
     while (forward_message(rpc_side_, router_, &replies_dropped_)) {
     }
-    while (forward_message(router_, rpc_side_, nullptr)) {
+    while ((rpc_side_.get(zmq::sockopt::events) & ZMQ_POLLOUT) && forward_message(router_, rpc_side_, nullptr)) {
     }
   }
-  // Drain: the scheduler cancels what is in flight and closes every session; its last
-  // replies still go out.
-  scheduler_stop_.store(true, std::memory_order_relaxed);
-  while (!scheduler_done.load(std::memory_order_acquire)) {
-    zmq::pollitem_t replies[] = {{rpc_side_.handle(), 0, ZMQ_POLLIN, 0}};
-    zmq::poll(replies, 1, std::chrono::milliseconds(kPollMs));
-    while (forward_message(rpc_side_, router_, &replies_dropped_)) {
-    }
-  }
-  scheduler.join();
-  while (forward_message(rpc_side_, router_, &replies_dropped_)) {
-  }
-  if (pinned) pthread_setaffinity_np(pthread_self(), sizeof original, &original);
-  DJINN_RETURN_IF_ERROR(status);
-  return scheduled;
+  return {};
 }
 
 Status Server::schedule() {
@@ -236,6 +265,7 @@ Status Server::schedule() {
     spdlog::warn("djinn serve: could not pin the scheduler thread to CPU {}", options_.pin_cpu);
   zmq::pollitem_t items[] = {{scheduler_side_.handle(), 0, ZMQ_POLLIN, 0}};
   std::vector<zmq::message_t> frames;
+  Status status;
   while (!scheduler_stop_.load(std::memory_order_relaxed)) {
     if (options_.busy_poll_us > 0 && generating_.empty()) {  // see ServerOptions::busy_poll_us
       const auto spin_start = Clock::now();
@@ -248,7 +278,8 @@ Status Server::schedule() {
       zmq::poll(items, 1, std::chrono::milliseconds(generating_.empty() ? kPollMs : 0));
     } catch (const zmq::error_t& e) {
       if (e.num() == EINTR) continue;
-      return internal_error(fmt::format("poll: {}", e.what()));
+      status = internal_error(fmt::format("poll: {}", e.what()));
+      break;  // still drains below: every waiting client gets its reply
     }
     // Drain everything that is ready before looking at the clock again.
     while (items[0].revents & ZMQ_POLLIN) {
@@ -279,7 +310,7 @@ Status Server::schedule() {
   for (auto& [id, record] : sessions_) (void)runtime_->close_session(id);
   sessions_.clear();
   spdlog::info("djinn serve: drained, closed {} open sessions", open);
-  return {};
+  return status;
 }
 
 void Server::count_error(const std::string& kind) {
@@ -320,8 +351,14 @@ void Server::set_error(Reply& reply, const Status& status) {
 }
 
 void Server::sync_policy(SessionId id) {
-  Result<const InferenceSession*> s = std::as_const(*runtime_).session(id);
+  Result<InferenceSession*> s = runtime_->session(id);
   if (!s.ok()) return;
+  // A swap-in a request started (not the policy) and whose step failed before settling
+  // it: finished copies are settled here, so the session is never left SWAPPING_IN.
+  if ((*s)->residency() == Residency::kSwappingIn && !pending_swaps_.contains(id) && (*s)->swap_copy_done()) {
+    if (const Status settled = (*s)->settle_swap(); !settled.ok())
+      spdlog::warn("session {}: swap-in failed: {}", id, settled.message());
+  }
   const Residency r = (*s)->residency();
   if (r == Residency::kResident || r == Residency::kSwapped) {
     pending_swaps_.erase(id);

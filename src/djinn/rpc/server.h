@@ -137,6 +137,9 @@ class Server {
   // The scheduler thread's loop: requests from the RPC thread, decode steps, leases,
   // swaps, admissions; drains when the RPC thread says stop.
   Status schedule();
+  // The RPC thread's loop (until stop() or the scheduler ends): requests to the
+  // scheduler while its pipe has room, replies to the ROUTER.
+  Status relay(const std::atomic<bool>& scheduler_done);
   void handle(zmq::message_t& identity, std::vector<zmq::message_t>& frames);
   Status dispatch(const DecodedRequest& request, Outgoing& out);
   Result<SessionRecord*> authorize(const Request& request);

@@ -213,6 +213,17 @@ Result<std::vector<ForwardResult>> Runtime::decode_batch(std::span<const Session
   if (ids.size() != tokens.size() || ids.empty())
     return invalid_argument(fmt::format("decode_batch: {} sessions but {} tokens", ids.size(), tokens.size()));
   std::vector<InferenceSession*> sessions;
+  // Whatever fails from here, no session is left SWAPPING_IN behind a step that did
+  // not run or count: their copies are settled (RESIDENT, or SWAPPED if one failed).
+  struct SettleOnFailure {
+    std::vector<InferenceSession*>& sessions;
+    bool succeeded = false;
+    ~SettleOnFailure() {
+      if (succeeded) return;
+      for (InferenceSession* s : sessions)
+        if (s->residency() == Residency::kSwappingIn) (void)s->settle_swap();
+    }
+  } settle_on_failure{sessions};
   for (SessionId id : ids) {
     if (std::count(ids.begin(), ids.end(), id) > 1) return invalid_argument(fmt::format("session {} twice in one batch", id));
     DJINN_ASSIGN_OR_RETURN(InferenceSession * s, resident_session(id));
@@ -259,6 +270,16 @@ Result<std::vector<ForwardResult>> Runtime::decode_batch(std::span<const Session
   const CopyRegion reads[] = {{next.data(), outputs[1].data, outputs[1].nbytes()},
                               {logits.data(), outputs[0].data, with_logits ? outputs[0].nbytes() : 0}};
   DJINN_RETURN_IF_ERROR(backend_->copy(reads, CopyQueue::kCompute));
+  // Swap-ins this step was ordered after are done with it: free their slices. A copy
+  // that failed means its session read a bad cache: no session's step counts (none
+  // advances; the caller may run them again) and the first failure is returned.
+  Status settled;
+  for (InferenceSession* s : sessions)
+    if (s->residency() == Residency::kSwappingIn) {
+      Status status = s->settle_swap();
+      if (settled.ok() && !status.ok()) settled = std::move(status);
+    }
+  DJINN_RETURN_IF_ERROR(settled);
   std::vector<ForwardResult> results(sessions.size());
   for (size_t b = 0; b < sessions.size(); ++b) {
     if (with_logits)
@@ -269,10 +290,8 @@ Result<std::vector<ForwardResult>> Runtime::decode_batch(std::span<const Session
     results[b].dispatch_us = timing.dispatch_us;
     results[b].compute_us = timing.compute_us;
     sessions[b]->advance_length(1);
-    // A swap-in this step was ordered after is done with it: free its slice.
-    if (sessions[b]->residency() == Residency::kSwappingIn && sessions[b]->swap_copy_done())
-      DJINN_RETURN_IF_ERROR(sessions[b]->settle_swap());
   }
+  settle_on_failure.succeeded = true;
   return results;
 }
 

@@ -16,10 +16,10 @@ nlohmann::json to_json(const SwapStats& s) {
           {"refusals", s.refusals}};
 }
 
-void SwapTicket::finish() const {
-  std::call_once(state_->finished, [this] {
+void SwapTicket::finish(const Status& copied) const {
+  std::call_once(state_->finished, [this, &copied] {
     if (state_->device != nullptr) state_->seconds = state_->device->elapsed_seconds();
-    if (state_->on_finish) state_->on_finish(state_->seconds);
+    if (state_->on_finish && copied.ok()) state_->on_finish(state_->seconds);  // failed copies are not swaps
   });
 }
 
@@ -28,14 +28,14 @@ bool SwapTicket::done() const {
   const bool finished = state_->device != nullptr
                             ? state_->device->done()
                             : state_->host.wait_for(std::chrono::seconds(0)) == std::future_status::ready;
-  if (finished) finish();
+  if (finished) finish(state_->device != nullptr ? state_->device->wait() : state_->host.get());
   return finished;
 }
 
 Status SwapTicket::wait() const {
   if (state_ == nullptr) return invalid_argument("waiting on a swap ticket that has no copy");
   Status status = state_->device != nullptr ? state_->device->wait() : state_->host.get();
-  finish();
+  finish(status);
   return status;
 }
 

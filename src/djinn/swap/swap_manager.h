@@ -69,12 +69,12 @@ class SwapTicket {
     std::chrono::steady_clock::time_point issued_at = std::chrono::steady_clock::now();
     std::shared_future<Status> host;         // copies run by a worker or inline
     std::shared_ptr<QueueEvent> device;      // copies on a backend queue
-    std::function<void(double)> on_finish;   // called once, with copy_seconds, when done is first seen
+    std::function<void(double)> on_finish;   // called once, with copy_seconds, when success is first seen
     std::once_flag finished;
     double seconds = 0;
   };
-  // Runs on_finish once (from whichever thread first sees the copy done).
-  void finish() const;
+  // Runs on_finish once, if the copy succeeded (from whichever thread first sees it done).
+  void finish(const Status& copied) const;
   std::shared_ptr<State> state_;
 };
 

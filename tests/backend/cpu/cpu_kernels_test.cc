@@ -15,6 +15,7 @@
 #include <cstring>
 #include <limits>
 #include <random>
+#include <stdexcept>
 #include <string>
 #include <utility>
 #include <vector>
@@ -368,6 +369,27 @@ TEST(CpuComputePool, RangesCoverEveryItemOnceAtGrainBoundaries) {
       });
       for (int64_t i = 0; i < n; ++i) ASSERT_EQ(hits[sz(i)].load(), 1) << "n=" << n << " grain=" << grain << " i=" << i;
     }
+}
+
+TEST(CpuComputePool, NestedRunsRunInlineAndExceptionsReachTheCallerAfterEveryPart) {
+  cpu::ComputePool& pool = cpu::ComputePool::instance();
+  std::atomic<int> inner_parts{0}, outer_parts{0};
+  pool.run([&](int) {
+    ++outer_parts;
+    pool.run([&](int) { ++inner_parts; });  // would deadlock if it went to the busy pool
+  });
+  EXPECT_EQ(outer_parts.load(), pool.size());
+  EXPECT_EQ(inner_parts.load(), pool.size() * pool.size());
+  std::atomic<int> finished{0};
+  EXPECT_THROW(pool.run([&](int part) {
+    if (part == pool.size() - 1) throw std::runtime_error("part failed");
+    ++finished;
+  }),
+               std::runtime_error);
+  EXPECT_EQ(finished.load(), pool.size() - 1);  // the others ran to the end
+  std::atomic<int> after{0};
+  pool.run([&](int) { ++after; });  // and the pool still works
+  EXPECT_EQ(after.load(), pool.size());
 }
 
 TEST(CpuMatmul, F16WeightsMatchReferenceOnRoundedWeights) {

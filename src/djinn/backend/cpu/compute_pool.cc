@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <exception>
 
 #include "djinn/core/cpu_affinity.h"
 
@@ -34,19 +35,46 @@ ComputePool::~ComputePool() {
   for (std::thread& t : workers_) t.join();
 }
 
+namespace {
+// Set while a thread runs a pool task: a task that calls run() again runs its parts
+// itself, one after another (the pool is busy with the outer call).
+thread_local bool t_in_pool_task = false;
+}  // namespace
+
 void ComputePool::run(const std::function<void(int)>& task) {
-  std::lock_guard lock(run_mutex_);
-  if (workers_.empty()) {
-    task(0);
+  if (workers_.empty() || t_in_pool_task) {
+    for (int part = 0; part < size(); ++part) task(part);
     return;
   }
+  std::lock_guard lock(run_mutex_);
   task_ = &task;
+  failure_ = nullptr;
   pending_.store(static_cast<int>(workers_.size()), std::memory_order_relaxed);
   generation_.fetch_add(1, std::memory_order_release);
   generation_.notify_all();
-  task(0);
-  while (pending_.load(std::memory_order_acquire) != 0) _mm_pause();
+  std::exception_ptr own_failure;
+  t_in_pool_task = true;
+  try {
+    task(0);
+  } catch (...) {
+    own_failure = std::current_exception();
+  }
+  t_in_pool_task = false;
+  // Every worker is done with `task` (and the caller's stack it refers to) before this
+  // returns, whatever happened: spin briefly (parts usually end together), then sleep.
+  const auto spin_start = std::chrono::steady_clock::now();
+  for (int look = 1;; ++look) {
+    const int left = pending_.load(std::memory_order_acquire);
+    if (left == 0) break;
+    if (look % 64 == 0 && std::chrono::steady_clock::now() - spin_start > kSpin) {
+      pending_.wait(left, std::memory_order_acquire);
+    } else {
+      _mm_pause();
+    }
+  }
   task_ = nullptr;
+  if (own_failure) std::rethrow_exception(own_failure);
+  if (failure_) std::rethrow_exception(failure_);
 }
 
 void ComputePool::for_ranges(int64_t n, int64_t grain, const std::function<void(int64_t, int64_t)>& body) {
@@ -87,8 +115,15 @@ void ComputePool::work(int index) {
     }
     seen = now;
     if (stopping_.load()) return;
-    (*task_)(index);
-    pending_.fetch_sub(1, std::memory_order_acq_rel);
+    t_in_pool_task = true;
+    try {
+      (*task_)(index);
+    } catch (...) {
+      std::lock_guard lock(failure_mutex_);
+      if (!failure_) failure_ = std::current_exception();
+    }
+    t_in_pool_task = false;
+    if (pending_.fetch_sub(1, std::memory_order_acq_rel) == 1) pending_.notify_one();
   }
 }
 

@@ -6,11 +6,15 @@
 // pool's workers then share cores with them).
 //
 // Workers spin for a short while after each task before sleeping (the matmuls of one
-// decode step come microseconds apart), then wait on a futex.
-// Threads: run() may be called from any thread; concurrent calls take turns.
+// decode step come microseconds apart), then wait on a futex. Worker i stays on the
+// process's i-th CPU (see compute_pool.cc).
+// Threads: run() may be called from any thread; concurrent calls take turns; a task
+// that calls run() has its parts run one after another on its own thread. An exception
+// thrown by a part is rethrown by run() once every part has finished.
 #pragma once
 
 #include <atomic>
+#include <exception>
 #include <cstdint>
 #include <functional>
 #include <mutex>
@@ -45,6 +49,8 @@ class ComputePool {
 
   std::mutex run_mutex_;
   const std::function<void(int)>* task_ = nullptr;
+  std::mutex failure_mutex_;
+  std::exception_ptr failure_;  // the first exception a worker's part threw
   std::atomic<uint64_t> generation_{0};
   std::atomic<int> pending_{0};
   std::atomic<bool> stopping_{false};

@@ -321,6 +321,7 @@ class CudaCopyEvent final : public QueueEvent {
 
 Result<std::shared_ptr<QueueEvent>> CudaBackend::copy_async(std::span<const CopyRegion> regions, CopyQueue queue) {
   if (queue == CopyQueue::kCompute) return invalid_argument("copy_async takes a swap queue, not the compute queue");
+  if (capturing_) return invalid_argument("copy_async while a step is being captured (swaps go between steps)");
   cudaStream_t stream = stream_for(queue);
   // Ordered after the compute stream's work so far: the bytes were last written there
   // (a swap-out's KV), or their destination was last read there (a swap-in's arena).
@@ -347,15 +348,24 @@ Result<std::shared_ptr<QueueEvent>> CudaBackend::copy_async(std::span<const Copy
   }
   auto event = std::make_shared<CudaCopyEvent>(event_pool_, start, *end);  // gives both back when gone
   DJINN_CUDA_RETURN_IF_ERROR(cudaEventRecord(start, stream));
-  if (span_copy_fits(regions, queue)) {
-    gpu::SpanCopyTable table{};
-    for (const CopyRegion& r : regions)
-      if (r.bytes > 0) table.spans[table.count++] = gpu::SpanCopy{r.src, r.dst, r.bytes};
-    DJINN_CUDA_RETURN_IF_ERROR(gpu::copy_spans(table, stream));
-  } else {
-    DJINN_RETURN_IF_ERROR(issue_copies(regions, queue));
+  auto issue = [&]() -> Status {
+    if (span_copy_fits(regions, queue)) {
+      gpu::SpanCopyTable table{};
+      for (const CopyRegion& r : regions)
+        if (r.bytes > 0) table.spans[table.count++] = gpu::SpanCopy{r.src, r.dst, r.bytes};
+      DJINN_CUDA_RETURN_IF_ERROR(gpu::copy_spans(table, stream));
+    } else {
+      DJINN_RETURN_IF_ERROR(issue_copies(regions, queue));
+    }
+    DJINN_CUDA_RETURN_IF_ERROR(cudaEventRecord(*end, stream));
+    return {};
+  };
+  if (Status issued = issue(); !issued.ok()) {
+    // Copies issued before the failure may still run: the caller frees their memory
+    // when it sees the error, so they must be finished first.
+    (void)cudaStreamSynchronize(stream);
+    return issued;
   }
-  DJINN_CUDA_RETURN_IF_ERROR(cudaEventRecord(*end, stream));
   return std::shared_ptr<QueueEvent>(std::move(event));
 }
 
