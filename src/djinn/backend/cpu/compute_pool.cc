@@ -26,6 +26,13 @@ ComputePool::ComputePool() {
   openblas_set_num_threads(1);
   const int threads = std::max(1, startup_cpu_count());
   for (int t = 1; t < threads; ++t) workers_.emplace_back([this, t] { work(t); });
+  // One small GEMM on every thread now: OpenBLAS sets up each calling thread's packing
+  // buffers on its first GEMM (mmap and page faults, milliseconds), which would
+  // otherwise land on a server's first request.
+  run([](int) {
+    float a[16 * 16] = {}, b[16 * 16] = {}, c[16 * 16];
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, 16, 16, 16, 1.0f, a, 16, b, 16, 0.0f, c, 16);
+  });
 }
 
 ComputePool::~ComputePool() {

@@ -1,5 +1,7 @@
 #include "djinn/backend/cpu/cpu_backend.h"
 
+#include "djinn/backend/cpu/compute_pool.h"
+
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
@@ -10,6 +12,8 @@
 #include "djinn/backend/cpu/cpu_kernels.h"
 
 namespace djinn {
+
+CpuBackend::CpuBackend() { (void)cpu::ComputePool::instance(); }
 
 Status CpuBackend::run_op(OpKind op, const OpAttrs& a, std::span<const TensorView* const> in, const TensorView& out,
                           const SymbolBindings& /*bindings*/) {

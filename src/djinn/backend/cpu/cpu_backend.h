@@ -8,6 +8,9 @@ namespace djinn {
 
 class CpuBackend : public Backend {
  public:
+  // Starts the process's compute pool (once) so that its threads and OpenBLAS's
+  // per-thread buffers exist before the first step.
+  CpuBackend();
   DeviceKind device() const override { return DeviceKind::kCpu; }
   Status run_op(OpKind op, const OpAttrs& attrs, std::span<const TensorView* const> inputs, const TensorView& output,
                 const SymbolBindings& bindings) override;
