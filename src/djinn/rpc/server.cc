@@ -140,11 +140,14 @@ Server::~Server() {
 
 std::string Server::describe() const {
   const nlohmann::json vmu = runtime_->vmu().stats_json();
-  return fmt::format("djinn serve: listening on {} | device {} | VMU {} (host swap pool {}) | arena {} | policy {} | lease {} s",
-                     fmt::join(endpoints_, ", "), device_name(runtime_->backend().device()),
-                     format_bytes(vmu["capacity"].get<size_t>()), format_bytes(vmu["host_pool"]["capacity"].get<size_t>()),
-                     runtime_->vmu().data().arena_bytes() ? format_bytes(runtime_->vmu().data().arena_bytes()) : "per model",
-                     options_.policy, options_.session_lease_s);
+  return fmt::format(
+      "djinn serve: listening on {} | device {} | VMU {} (host swap pool {}) | arena {} | policy {} | lease {} s | "
+      "request path on {}",
+      fmt::join(endpoints_, ", "), device_name(runtime_->backend().device()), format_bytes(vmu["capacity"].get<size_t>()),
+      format_bytes(vmu["host_pool"]["capacity"].get<size_t>()),
+      runtime_->vmu().data().arena_bytes() ? format_bytes(runtime_->vmu().data().arena_bytes()) : "per model",
+      options_.policy, options_.session_lease_s,
+      options_.pin_cpu >= 0 ? fmt::format("CPU {}", options_.pin_cpu) : std::string("any CPU"));
 }
 
 // Note [Server threads]
