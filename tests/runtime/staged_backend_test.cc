@@ -281,23 +281,42 @@ class QueuedCopyBackend final : public CpuBackend {
   QueueEvent* fence_ = nullptr;  // the compute thread's only
 };
 
-TEST(QueuedSwapCopies, AStepRightAfterASwapInWaitsOnTheDeviceAndSeesTheKv) {
-  RuntimeOptions options;
-  options.device_mem_gb = 0.25;
-  options.host_pool_gb = 0.01;
-  std::unique_ptr<Runtime> plain = *Runtime::create(options);
-  auto owned = std::make_unique<QueuedCopyBackend>(std::chrono::milliseconds(60));
-  QueuedCopyBackend& backend = *owned;
-  std::unique_ptr<Runtime> queued = *Runtime::create(std::move(owned), options);
-  const ModelId a = *plain->load_model("llama-tiny"), b = *queued->load_model("llama-tiny");
-  const int64_t vocab = (*plain->model(a))->config().vocab_size;
-  const SessionId sa = *plain->open_session(a, 32), sb = *queued->open_session(b, 32);
-  const std::vector<int32_t> prompt = prompt_of(7, vocab);
-  const int32_t first = plain->forward(sa, prompt)->next_token;
-  ASSERT_EQ(queued->forward(sb, prompt)->next_token, first);
+// A plain CPU runtime and one on a QueuedCopyBackend, each with llama-tiny and one
+// session that has run the same prompt; the queued session is then swapped out.
+struct QueuedPair {
+  std::unique_ptr<Runtime> plain, queued;
+  QueuedCopyBackend* backend = nullptr;
+  SessionId plain_session = 0, queued_session = 0;
+  int32_t first = -1;  // the token after the prompt
+  int64_t length = 0;  // the queued session's length, swapped out
 
-  ASSERT_TRUE(queued->swap_out(sb).ok());
-  ASSERT_TRUE(queued->settle(sb).ok());
+  QueuedPair(std::chrono::milliseconds copy_delay, int prompt_length) {
+    RuntimeOptions options;
+    options.device_mem_gb = 0.25;
+    options.host_pool_gb = 0.01;
+    plain = *Runtime::create(options);
+    auto owned = std::make_unique<QueuedCopyBackend>(copy_delay);
+    backend = owned.get();
+    queued = *Runtime::create(std::move(owned), options);
+    const ModelId a = *plain->load_model("llama-tiny"), b = *queued->load_model("llama-tiny");
+    const std::vector<int32_t> prompt = prompt_of(prompt_length, (*plain->model(a))->config().vocab_size);
+    plain_session = *plain->open_session(a, 32);
+    queued_session = *queued->open_session(b, 32);
+    first = plain->forward(plain_session, prompt)->next_token;
+    EXPECT_EQ(queued->forward(queued_session, prompt)->next_token, first);
+    EXPECT_TRUE(queued->swap_out(queued_session).ok());
+    EXPECT_TRUE(queued->settle(queued_session).ok());
+    length = (*queued->session(queued_session))->length();
+  }
+};
+
+TEST(QueuedSwapCopies, AStepRightAfterASwapInWaitsOnTheDeviceAndSeesTheKv) {
+  QueuedPair p(std::chrono::milliseconds(60), 7);
+  Runtime* plain = p.plain.get();
+  Runtime* queued = p.queued.get();
+  QueuedCopyBackend& backend = *p.backend;
+  const SessionId sa = p.plain_session, sb = p.queued_session;
+  const int32_t first = p.first;
   ASSERT_EQ((*queued->session(sb))->residency(), Residency::kSwapped);
   const auto issued = std::chrono::steady_clock::now();
   ASSERT_TRUE(queued->swap_in(sb).ok());
@@ -326,22 +345,13 @@ TEST(QueuedSwapCopies, AStepRightAfterASwapInWaitsOnTheDeviceAndSeesTheKv) {
 // count (the session's length stays), the session is SWAPPED again with its state in
 // the HostPool slice, and a second swap-in brings it back intact.
 TEST(QueuedSwapCopies, AFailedSwapInCopyUndoesTheStepAndKeepsTheState) {
-  RuntimeOptions options;
-  options.device_mem_gb = 0.25;
-  options.host_pool_gb = 0.01;
-  std::unique_ptr<Runtime> plain = *Runtime::create(options);
-  auto owned = std::make_unique<QueuedCopyBackend>(std::chrono::milliseconds(20));
-  QueuedCopyBackend& backend = *owned;
-  std::unique_ptr<Runtime> queued = *Runtime::create(std::move(owned), options);
-  const ModelId a = *plain->load_model("llama-tiny"), b = *queued->load_model("llama-tiny");
-  const int64_t vocab = (*plain->model(a))->config().vocab_size;
-  const SessionId sa = *plain->open_session(a, 32), sb = *queued->open_session(b, 32);
-  const std::vector<int32_t> prompt = prompt_of(5, vocab);
-  const int32_t first = plain->forward(sa, prompt)->next_token;
-  ASSERT_EQ(queued->forward(sb, prompt)->next_token, first);
-  ASSERT_TRUE(queued->swap_out(sb).ok());
-  ASSERT_TRUE(queued->settle(sb).ok());
-  const int64_t length = (*queued->session(sb))->length();
+  QueuedPair p(std::chrono::milliseconds(20), 5);
+  Runtime* plain = p.plain.get();
+  Runtime* queued = p.queued.get();
+  QueuedCopyBackend& backend = *p.backend;
+  const SessionId sa = p.plain_session, sb = p.queued_session;
+  const int32_t first = p.first;
+  const int64_t length = p.length;
 
   backend.fail_next_copy = true;
   ASSERT_TRUE(queued->swap_in(sb).ok());
