@@ -10,6 +10,7 @@
 
 #include "djinn/backend/cpu/cpu_backend.h"
 #include "djinn/runtime/runtime.h"
+#include "runtime/runtime_pair.h"
 
 namespace djinn {
 namespace {
@@ -78,37 +79,18 @@ class RecordingCpuBackend final : public CpuBackend {
   uint64_t next_id_ = 1;
 };
 
-struct Runtimes {
-  std::unique_ptr<Runtime> plain, capturing;
-  RecordingCpuBackend* backend = nullptr;
-};
-
-Runtimes make_runtimes() {
-  RuntimeOptions options;
-  options.device_mem_gb = 0.25;
-  options.host_pool_gb = 0.01;
-  Runtimes r;
-  r.plain = *Runtime::create(options);
-  auto backend = std::make_unique<RecordingCpuBackend>();
-  r.backend = backend.get();
-  r.capturing = *Runtime::create(std::move(backend), options);
-  return r;
-}
-
-std::vector<int32_t> prompt_of(int n, int64_t vocab, int salt = 0) {
-  std::vector<int32_t> ids;
-  for (int i = 0; i < n; ++i) ids.push_back(static_cast<int32_t>((i * 37 + 11 + salt * 7) % vocab));
-  return ids;
-}
+using Runtimes = test_support::RuntimePair<RecordingCpuBackend>;
+Runtimes make_runtimes() { return test_support::make_runtime_pair<RecordingCpuBackend>(); }
+using test_support::prompt_of;
 
 TEST(StepCapture, DecodeStepsAreCapturedOnceThenReplayedWithIdenticalResults) {
   Runtimes r = make_runtimes();
-  const ModelId a = *r.plain->load_model("llama-tiny"), b = *r.capturing->load_model("llama-tiny");
+  const ModelId a = *r.plain->load_model("llama-tiny"), b = *r.tested->load_model("llama-tiny");
   const int64_t vocab = (*r.plain->model(a))->config().vocab_size;
-  const SessionId sa = *r.plain->open_session(a, 40), sb = *r.capturing->open_session(b, 40);
+  const SessionId sa = *r.plain->open_session(a, 40), sb = *r.tested->open_session(b, 40);
   const std::vector<int32_t> prompt = prompt_of(5, vocab);
   const GenerateResult ga = *r.plain->generate(sa, prompt, 12);
-  Result<GenerateResult> gb = r.capturing->generate(sb, prompt, 12);
+  Result<GenerateResult> gb = r.tested->generate(sb, prompt, 12);
   ASSERT_TRUE(gb.ok()) << gb.status().to_string();
   EXPECT_EQ(ga.new_tokens, gb->new_tokens);
   // 11 decode steps: the first runs, the second is captured, the rest replay it.
@@ -117,27 +99,27 @@ TEST(StepCapture, DecodeStepsAreCapturedOnceThenReplayedWithIdenticalResults) {
   // Logits of a replayed step equal the plain step bit for bit.
   const int32_t next = ga.new_tokens.back();
   const ForwardResult fa = *r.plain->forward(sa, std::vector<int32_t>{next});
-  const ForwardResult fb = *r.capturing->forward(sb, std::vector<int32_t>{next});
+  const ForwardResult fb = *r.tested->forward(sb, std::vector<int32_t>{next});
   EXPECT_EQ(std::memcmp(fa.logits.data(), fb.logits.data(), fa.logits.size() * sizeof(float)), 0);
 }
 
 TEST(StepCapture, ANewArenaAfterASwapIsCapturedAfreshAndAnInvalidatedCaptureFallsBack) {
   Runtimes r = make_runtimes();
-  const ModelId a = *r.plain->load_model("gpt2-tiny"), b = *r.capturing->load_model("gpt2-tiny");
+  const ModelId a = *r.plain->load_model("gpt2-tiny"), b = *r.tested->load_model("gpt2-tiny");
   const int64_t vocab = (*r.plain->model(a))->config().vocab_size;
-  const SessionId sa = *r.plain->open_session(a, 48), sb = *r.capturing->open_session(b, 48);
+  const SessionId sa = *r.plain->open_session(a, 48), sb = *r.tested->open_session(b, 48);
   const std::vector<int32_t> prompt = prompt_of(4, vocab);
   std::vector<int32_t> ta = r.plain->generate(sa, prompt, 5)->new_tokens;
-  std::vector<int32_t> tb = r.capturing->generate(sb, prompt, 5)->new_tokens;
+  std::vector<int32_t> tb = r.tested->generate(sb, prompt, 5)->new_tokens;
   ASSERT_EQ(ta, tb);
   ASSERT_EQ(r.backend->captured, 1);
   // Swap out and in: the KV views are laid out afresh (a new KV table id), so the old
   // capture is not replayed; the new layout is captured on its second step.
-  ASSERT_TRUE(r.capturing->swap_out(sb).ok());
-  ASSERT_TRUE(r.capturing->settle(sb).ok());
+  ASSERT_TRUE(r.tested->swap_out(sb).ok());
+  ASSERT_TRUE(r.tested->settle(sb).ok());
   int replays = r.backend->replays;
   ta = r.plain->generate(sa, std::vector<int32_t>{ta.back()}, 6)->new_tokens;
-  Result<GenerateResult> gb = r.capturing->generate(sb, std::vector<int32_t>{tb.back()}, 6);
+  Result<GenerateResult> gb = r.tested->generate(sb, std::vector<int32_t>{tb.back()}, 6);
   ASSERT_TRUE(gb.ok()) << gb.status().to_string();
   EXPECT_EQ(ta, gb->new_tokens);
   EXPECT_EQ(r.backend->captured, 2);
@@ -148,7 +130,7 @@ TEST(StepCapture, ANewArenaAfterASwapIsCapturedAfreshAndAnInvalidatedCaptureFall
   replays = r.backend->replays;
   const int released = r.backend->released;
   ta = r.plain->generate(sa, std::vector<int32_t>{ta.back()}, 4)->new_tokens;
-  gb = r.capturing->generate(sb, std::vector<int32_t>{gb->new_tokens.back()}, 4);
+  gb = r.tested->generate(sb, std::vector<int32_t>{gb->new_tokens.back()}, 4);
   ASSERT_TRUE(gb.ok()) << gb.status().to_string();
   EXPECT_EQ(ta, gb->new_tokens);
   EXPECT_EQ(r.backend->released, released + 1);  // the dropped capture was let go
@@ -158,20 +140,20 @@ TEST(StepCapture, ANewArenaAfterASwapIsCapturedAfreshAndAnInvalidatedCaptureFall
 
 TEST(StepCapture, BatchedDecodeOfTheSameSessionsReplaysAndEqualsThePlainRuntime) {
   Runtimes r = make_runtimes();
-  const ModelId a = *r.plain->load_model("llama-tiny"), b = *r.capturing->load_model("llama-tiny");
+  const ModelId a = *r.plain->load_model("llama-tiny"), b = *r.tested->load_model("llama-tiny");
   const int64_t vocab = (*r.plain->model(a))->config().vocab_size;
   std::vector<SessionId> pa, pb;
   std::vector<int32_t> tokens;
   for (int s = 0; s < 3; ++s) {
     pa.push_back(*r.plain->open_session(a, 40));
-    pb.push_back(*r.capturing->open_session(b, 40));
+    pb.push_back(*r.tested->open_session(b, 40));
     tokens.push_back(r.plain->forward(pa.back(), prompt_of(2 + s, vocab, s))->next_token);
-    (void)*r.capturing->forward(pb.back(), prompt_of(2 + s, vocab, s));
+    (void)*r.tested->forward(pb.back(), prompt_of(2 + s, vocab, s));
   }
   const int replays_before = r.backend->replays;
   for (int step = 0; step < 6; ++step) {
     const std::vector<ForwardResult> ra = *r.plain->decode_batch(pa, tokens);
-    Result<std::vector<ForwardResult>> rb = r.capturing->decode_batch(pb, tokens);
+    Result<std::vector<ForwardResult>> rb = r.tested->decode_batch(pb, tokens);
     ASSERT_TRUE(rb.ok()) << rb.status().to_string();
     for (size_t s = 0; s < ra.size(); ++s) {
       ASSERT_EQ(std::memcmp(ra[s].logits.data(), (*rb)[s].logits.data(), ra[s].logits.size() * sizeof(float)), 0)
@@ -189,7 +171,7 @@ TEST(StepCapture, RunGraphWithUnknownTablesIsNeverCaptured) {
   g.mark_output(g.add_node(OpKind::kAdd, {x, x}));
   float v = 2.0f;
   const TensorView in[] = {TensorView::contiguous(&v, {1, 1}, DType::kF32)};
-  for (int i = 0; i < 3; ++i) ASSERT_TRUE(r.capturing->run_graph(g, in, {.seq = 1, .past = 0}).ok());
+  for (int i = 0; i < 3; ++i) ASSERT_TRUE(r.tested->run_graph(g, in, {.seq = 1, .past = 0}).ok());
   EXPECT_EQ(r.backend->captured, 0);
 }
 

@@ -16,6 +16,7 @@
 
 #include "djinn/backend/cpu/cpu_backend.h"
 #include "djinn/runtime/runtime.h"
+#include "runtime/runtime_pair.h"
 
 namespace djinn {
 namespace {
@@ -66,30 +67,9 @@ class StagedCpuBackend final : public CpuBackend {
   std::map<std::byte*, size_t> blocks_;
 };
 
-struct Pair {
-  std::unique_ptr<Runtime> plain, staged;
-  StagedCpuBackend* backend = nullptr;
-};
-
-Pair make_pair_of_runtimes() {
-  RuntimeOptions options;
-  options.device_mem_gb = 0.25;
-  options.host_pool_gb = 0.01;
-  Pair p;
-  p.plain = *Runtime::create(options);
-  auto backend = std::make_unique<StagedCpuBackend>();
-  p.backend = backend.get();
-  Result<std::unique_ptr<Runtime>> staged = Runtime::create(std::move(backend), options);
-  EXPECT_TRUE(staged.ok()) << staged.status().to_string();
-  p.staged = std::move(staged).value();
-  return p;
-}
-
-std::vector<int32_t> prompt_of(int n, int64_t vocab) {
-  std::vector<int32_t> ids;
-  for (int i = 0; i < n; ++i) ids.push_back(static_cast<int32_t>((i * 37 + 11) % vocab));
-  return ids;
-}
+using Pair = test_support::RuntimePair<StagedCpuBackend>;
+Pair make_pair_of_runtimes() { return test_support::make_runtime_pair<StagedCpuBackend>(); }
+using test_support::prompt_of;
 
 class StagedRuntime : public ::testing::TestWithParam<std::string> {};
 
@@ -97,17 +77,17 @@ TEST_P(StagedRuntime, GenerationEqualsThePlainCpuBitForBit) {
   Pair p = make_pair_of_runtimes();
   LoadOptions load;
   load.seed = 5;
-  const ModelId a = *p.plain->load_model(GetParam(), load), b = *p.staged->load_model(GetParam(), load);
+  const ModelId a = *p.plain->load_model(GetParam(), load), b = *p.tested->load_model(GetParam(), load);
   const int64_t vocab = (*p.plain->model(a))->config().vocab_size;
   const std::vector<int32_t> prompt = prompt_of(6, vocab);
-  const SessionId sa = *p.plain->open_session(a, 32), sb = *p.staged->open_session(b, 32);
+  const SessionId sa = *p.plain->open_session(a, 32), sb = *p.tested->open_session(b, 32);
   const ForwardResult fa = *p.plain->forward(sa, prompt, /*all_logits=*/true);
-  Result<ForwardResult> fb = p.staged->forward(sb, prompt, /*all_logits=*/true);
+  Result<ForwardResult> fb = p.tested->forward(sb, prompt, /*all_logits=*/true);
   ASSERT_TRUE(fb.ok()) << fb.status().to_string();
   ASSERT_EQ(fa.logits.size(), fb->logits.size());
   EXPECT_EQ(std::memcmp(fa.logits.data(), fb->logits.data(), fa.logits.size() * sizeof(float)), 0);
   EXPECT_EQ(fa.next_token, fb->next_token);
-  Result<GenerateResult> gb = p.staged->generate(sb, std::vector<int32_t>{fb->next_token}, 8);
+  Result<GenerateResult> gb = p.tested->generate(sb, std::vector<int32_t>{fb->next_token}, 8);
   ASSERT_TRUE(gb.ok()) << gb.status().to_string();
   EXPECT_EQ(p.plain->generate(sa, std::vector<int32_t>{fa.next_token}, 8)->new_tokens, gb->new_tokens);
   EXPECT_GT(p.backend->ops.load(), 0u);
@@ -116,23 +96,23 @@ TEST_P(StagedRuntime, GenerationEqualsThePlainCpuBitForBit) {
 
 TEST_P(StagedRuntime, BatchedDecodeAndSwapsEqualThePlainCpu) {
   Pair p = make_pair_of_runtimes();
-  const ModelId a = *p.plain->load_model(GetParam()), b = *p.staged->load_model(GetParam());
+  const ModelId a = *p.plain->load_model(GetParam()), b = *p.tested->load_model(GetParam());
   const int64_t vocab = (*p.plain->model(a))->config().vocab_size;
   std::vector<SessionId> plain, staged;
   std::vector<int32_t> tokens;
   for (int s = 0; s < 3; ++s) {
     plain.push_back(*p.plain->open_session(a, 32));
-    staged.push_back(*p.staged->open_session(b, 32));
+    staged.push_back(*p.tested->open_session(b, 32));
     const std::vector<int32_t> prompt = prompt_of(2 + 3 * s, vocab);  // ragged lengths
     tokens.push_back(p.plain->forward(plain.back(), prompt)->next_token);
-    ASSERT_EQ(p.staged->forward(staged.back(), prompt)->next_token, tokens.back());
+    ASSERT_EQ(p.tested->forward(staged.back(), prompt)->next_token, tokens.back());
   }
   // Swap a staged session out and back in between the steps: its KV must survive.
-  ASSERT_TRUE(p.staged->swap_out(staged[1]).ok());
-  ASSERT_TRUE(p.staged->settle(staged[1]).ok());
+  ASSERT_TRUE(p.tested->swap_out(staged[1]).ok());
+  ASSERT_TRUE(p.tested->settle(staged[1]).ok());
   for (int step = 0; step < 4; ++step) {
     const std::vector<ForwardResult> ra = *p.plain->decode_batch(plain, tokens);
-    Result<std::vector<ForwardResult>> rb = p.staged->decode_batch(staged, tokens);  // swaps staged[1] in
+    Result<std::vector<ForwardResult>> rb = p.tested->decode_batch(staged, tokens);  // swaps staged[1] in
     ASSERT_TRUE(rb.ok()) << rb.status().to_string();
     for (size_t s = 0; s < ra.size(); ++s) {
       EXPECT_EQ(std::memcmp(ra[s].logits.data(), (*rb)[s].logits.data(), ra[s].logits.size() * sizeof(float)), 0)
@@ -141,7 +121,7 @@ TEST_P(StagedRuntime, BatchedDecodeAndSwapsEqualThePlainCpu) {
       EXPECT_EQ((*rb)[s].next_token, ra[s].next_token);
     }
   }
-  EXPECT_EQ(p.staged->swap_manager().stats().swaps_in, 1u);
+  EXPECT_EQ(p.tested->swap_manager().stats().swaps_in, 1u);
 }
 
 INSTANTIATE_TEST_SUITE_P(Presets, StagedRuntime, ::testing::Values("gpt2-tiny", "llama-tiny"));
@@ -167,14 +147,14 @@ TEST(StagedRuntime, RunGraphUploadsWeightsAndKvAndWritesTheKvBack) {
                                      TensorView::contiguous(&at, {1}, DType::kI32)};
     };
     const std::vector<HostTensor> a = *p.plain->run_graph(g, inputs(kv_plain), {.seq = 1, .past = 0});
-    Result<std::vector<HostTensor>> b = p.staged->run_graph(g, inputs(kv_staged), {.seq = 1, .past = 0});
+    Result<std::vector<HostTensor>> b = p.tested->run_graph(g, inputs(kv_staged), {.seq = 1, .past = 0});
     ASSERT_TRUE(b.ok()) << b.status().to_string();
     EXPECT_EQ(a[0].bytes, (*b)[0].bytes);
     EXPECT_EQ(a[0].as<float>()[0], 5.0f * 1 + 6.0f * 3);
     EXPECT_EQ(std::memcmp(kv_plain, kv_staged, sizeof kv_plain), 0);  // written back in place
     EXPECT_EQ(kv_staged[2], 5.0f);
     EXPECT_EQ(kv_staged[3], 6.0f);
-    EXPECT_EQ(p.staged->vmu().stack().stats().used, 0u);
+    EXPECT_EQ(p.tested->vmu().stack().stats().used, 0u);
   }
 }
 
@@ -185,9 +165,9 @@ TEST(StagedRuntime, TheDirectInterpreterPathStagesIoToo) {
   CpuBackend plain_backend;
   // The staged session needs weights in the staged backend's memory: the staged
   // runtime's copy of the model (its Text segment is that backend's allocation).
-  const ModelId b = *p.staged->load_model("llama-tiny");
+  const ModelId b = *p.tested->load_model("llama-tiny");
   auto direct_plain = *InferenceSession::create(model, plain_backend, 16);
-  auto direct_staged = *InferenceSession::create(*p.staged->model(b), *p.backend, 16);
+  auto direct_staged = *InferenceSession::create(*p.tested->model(b), *p.backend, 16);
   const std::vector<int32_t> prompt = prompt_of(5, model->config().vocab_size);
   const GenerateResult ga = *direct_plain->generate(prompt, 6);
   Result<GenerateResult> gb = direct_staged->generate(prompt, 6);
@@ -291,13 +271,10 @@ struct QueuedPair {
   int64_t length = 0;  // the queued session's length, swapped out
 
   QueuedPair(std::chrono::milliseconds copy_delay, int prompt_length) {
-    RuntimeOptions options;
-    options.device_mem_gb = 0.25;
-    options.host_pool_gb = 0.01;
-    plain = *Runtime::create(options);
-    auto owned = std::make_unique<QueuedCopyBackend>(copy_delay);
-    backend = owned.get();
-    queued = *Runtime::create(std::move(owned), options);
+    test_support::RuntimePair<QueuedCopyBackend> pair = test_support::make_runtime_pair<QueuedCopyBackend>(copy_delay);
+    plain = std::move(pair.plain);
+    queued = std::move(pair.tested);
+    backend = pair.backend;
     const ModelId a = *plain->load_model("llama-tiny"), b = *queued->load_model("llama-tiny");
     const std::vector<int32_t> prompt = prompt_of(prompt_length, (*plain->model(a))->config().vocab_size);
     plain_session = *plain->open_session(a, 32);

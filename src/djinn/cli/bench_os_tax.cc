@@ -33,6 +33,7 @@
 
 #include "djinn/cli/bench_os_tax.h"
 #include "djinn/cli/bench_stats.h"
+#include "djinn/core/cpu_affinity.h"
 #include "djinn/core/machine_info.h"
 #include "djinn/rpc/client.h"
 #include "djinn/rpc/wire.h"
@@ -67,36 +68,6 @@ Status full_io(int fd, char* data, size_t n, bool write_side) {
   return internal_error(fmt::format("ping-pong socket: {}", errno == 0 ? "closed" : std::strerror(errno)));
 }
 
-// Pins the calling thread (or, in a forked child, the process) to `cpu`; -1: leaves it.
-void pin_to_cpu(int cpu) {
-  if (cpu < 0) return;
-  cpu_set_t set;
-  CPU_ZERO(&set);
-  CPU_SET(cpu, &set);
-  ::sched_setaffinity(0, sizeof set, &set);
-}
-
-// Pins the calling thread to `cpu` (-1: nothing) for its lifetime: the remote calls
-// and the floor's client end run pinned; native runs do not (OpenBLAS's workers would
-// crowd onto the pinned core).
-class ScopedPin {
- public:
-  explicit ScopedPin(int cpu) : active_(cpu >= 0) {
-    if (!active_) return;
-    ::sched_getaffinity(0, sizeof saved_, &saved_);
-    pin_to_cpu(cpu);
-  }
-  ~ScopedPin() {
-    if (active_) ::sched_setaffinity(0, sizeof saved_, &saved_);
-  }
-  ScopedPin(const ScopedPin&) = delete;
-  ScopedPin& operator=(const ScopedPin&) = delete;
-
- private:
-  bool active_;
-  cpu_set_t saved_;
-};
-
 // Round-trip times (us) of a 64-byte ping-pong with a forked echo process on
 // `echo_cpu` (-1: wherever the kernel puts it).
 Result<std::vector<double>> ping_pong_floor(bool tcp, int iterations, int echo_cpu) {
@@ -126,7 +97,12 @@ Result<std::vector<double>> ping_pong_floor(bool tcp, int iterations, int echo_c
   const pid_t echo = ::fork();
   if (echo < 0) return internal_error(fmt::format("floor: fork: {}", std::strerror(errno)));
   if (echo == 0) {  // only async-signal-safe calls from here: the parent has threads
-    pin_to_cpu(echo_cpu);
+    if (echo_cpu >= 0) {  // a plain system call: the child may not use much else
+      cpu_set_t set;
+      CPU_ZERO(&set);
+      CPU_SET(echo_cpu, &set);
+      ::sched_setaffinity(0, sizeof set, &set);
+    }
     const int fd = ::accept(listener, nullptr, nullptr);
     if (fd < 0) ::_exit(1);
     const int one = 1;
@@ -324,7 +300,7 @@ Result<RowResult> measure_graph(const std::string& name, GraphWorkload w, Runtim
     DJINN_RETURN_IF_ERROR(native.run_graph(w.graph, inputs, w.symbols));
     row.native_us.push_back(us_since(start));
   }
-  ScopedPin pin(client_cpu);
+  const ScopedCpuPin pin(client_cpu);
   RemoteGraph remote(client, w.graph, all);
   rpc::StepTiming timing;
   auto start = Clock::now();
@@ -369,7 +345,7 @@ Result<RowResult> measure_full_forward(Runtime& native, Client& client, int iter
     DJINN_ASSIGN_OR_RETURN(double us, native_forward());
     row.native_us.push_back(us);
   }
-  ScopedPin pin(client_cpu);
+  const ScopedCpuPin pin(client_cpu);
   DJINN_ASSIGN_OR_RETURN(rpc::LoadModelReply loaded, client.load_model("gpt2"));
   auto remote_forward = [&](double* server_us) -> Result<double> {
     DJINN_ASSIGN_OR_RETURN(RemoteSession s, client.open_session(loaded.model_id(), seq));
@@ -403,12 +379,15 @@ Status bench_os_tax(const OsTaxOptions& options) {
   // With --pin-cpu C the server's request path sits on CPU C and this process
   // (client thread and its I/O thread) on another; the floor's two ends sit the same
   // way, so floor and remote calls pay the same kind of wake-ups.
-  const long cpus = ::sysconf(_SC_NPROCESSORS_ONLN);
-  if (options.pin_cpu >= cpus) return invalid_argument(fmt::format("--pin-cpu {}: this machine has {} CPUs", options.pin_cpu, cpus));
-  if (options.pin_cpu >= 0 && cpus < 2) return invalid_argument("--pin-cpu needs a machine with two CPUs or more");
-  const int client_cpu = options.pin_cpu < 0 ? -1 : (options.pin_cpu == 0 ? 1 : 0);
+  // Only the floor and the remote calls run pinned (ScopedCpuPin): native runs keep every
+  // CPU, or OpenBLAS's and the compute pool's workers would crowd onto one.
+  if (options.pin_cpu >= 0 && !is_startup_cpu(options.pin_cpu))
+    return invalid_argument(fmt::format("--pin-cpu {} is not one of the CPUs this process may use", options.pin_cpu));
+  if (options.pin_cpu >= 0 && startup_cpu_count() < 2) return invalid_argument("--pin-cpu needs two CPUs or more");
+  const int client_cpu =
+      options.pin_cpu < 0 ? -1 : (startup_cpu(0) == options.pin_cpu ? startup_cpu(1) : startup_cpu(0));
   auto floor_pinned = [&]() {
-    ScopedPin pin(client_cpu);
+    const ScopedCpuPin pin(client_cpu);
     return ping_pong_floor(tcp, options.small_iterations, options.pin_cpu);
   };
   DJINN_ASSIGN_OR_RETURN(std::vector<double> floor_before, floor_pinned());
@@ -429,7 +408,7 @@ Status bench_os_tax(const OsTaxOptions& options) {
   // The protocol's own round trip: a Hello (decode, reply, no execution).
   std::vector<double> hello_us;
   {
-    ScopedPin pin(client_cpu);
+    const ScopedCpuPin pin(client_cpu);
     for (int i = 0; i < options.small_iterations; ++i) {
       rpc::Request hello;
       hello.mutable_hello()->set_protocol_version(rpc::kProtocolVersion);
@@ -457,7 +436,7 @@ Status bench_os_tax(const OsTaxOptions& options) {
     DJINN_ASSIGN_OR_RETURN(std::unique_ptr<ServerProcess> fresh,
                            ServerProcess::start(fresh_address, options.device, options.busy_poll_us, options.pin_cpu));
     DJINN_ASSIGN_OR_RETURN(std::unique_ptr<Client> fresh_client, Client::connect(fresh_address, client_options));
-    ScopedPin pin(client_cpu);
+    const ScopedCpuPin pin(client_cpu);
     DJINN_ASSIGN_OR_RETURN(double add_cold, cold_graph_call(*fresh_client, micro_add()));
     rows[0].cold_samples.push_back(add_cold);
     if (!options.quick) {

@@ -35,6 +35,15 @@ void unpin_current_thread() {
   ::pthread_setaffinity_np(::pthread_self(), sizeof startup_cpus().set, &startup_cpus().set);
 }
 
+ScopedCpuPin::ScopedCpuPin(int cpu) {
+  if (cpu < 0 || ::pthread_getaffinity_np(::pthread_self(), sizeof saved_, &saved_) != 0) return;
+  pinned_ = pin_current_thread(cpu);
+}
+
+ScopedCpuPin::~ScopedCpuPin() {
+  if (pinned_) ::pthread_setaffinity_np(::pthread_self(), sizeof saved_, &saved_);
+}
+
 int startup_cpu_count() { return CPU_COUNT(&startup_cpus().set); }
 
 int startup_cpu(int i) {

@@ -6,6 +6,8 @@
 // had when it started (captured before main runs, so `taskset` limits still hold).
 #pragma once
 
+#include <sched.h>
+
 namespace djinn {
 
 // Pins the calling thread to `cpu`; false when the kernel refuses (no such CPU, or one
@@ -29,5 +31,20 @@ bool is_startup_cpu(int cpu);
 // started with, when it started with two or more (so that one stays for the rest);
 // -1 otherwise.
 int default_request_path_cpu();
+
+// Pins the calling thread to `cpu` for the object's lifetime and then gives it back
+// the CPUs it had (cpu < 0: does nothing). pinned() says whether the pin took.
+class ScopedCpuPin {
+ public:
+  explicit ScopedCpuPin(int cpu);
+  ~ScopedCpuPin();
+  ScopedCpuPin(const ScopedCpuPin&) = delete;
+  ScopedCpuPin& operator=(const ScopedCpuPin&) = delete;
+  bool pinned() const { return pinned_; }
+
+ private:
+  bool pinned_ = false;
+  cpu_set_t saved_;
+};
 
 }  // namespace djinn

@@ -200,9 +200,7 @@ Status Server::serve() {
     }
     scheduler_done.store(true, std::memory_order_release);
   });
-  cpu_set_t original;
-  const bool pinned = options_.pin_cpu >= 0 && pthread_getaffinity_np(pthread_self(), sizeof original, &original) == 0 &&
-                      pin_current_thread(options_.pin_cpu);
+  const ScopedCpuPin pin(options_.pin_cpu);  // the RPC thread, until serve() returns
   Status status;
   try {
     status = relay(scheduler_done);
@@ -216,20 +214,22 @@ Status Server::serve() {
     zmq::pollitem_t replies[] = {{rpc_side_.handle(), 0, ZMQ_POLLIN, 0}};
     try {
       zmq::poll(replies, 1, std::chrono::milliseconds(kPollMs));
-      while (forward_message(rpc_side_, router_, &replies_dropped_)) {
-      }
+      forward_replies();
     } catch (const zmq::error_t&) {  // EINTR (a second signal) or worse: keep waiting for the scheduler
     }
   }
   scheduler.join();
   try {
-    while (forward_message(rpc_side_, router_, &replies_dropped_)) {
-    }
+    forward_replies();
   } catch (const zmq::error_t&) {
   }
-  if (pinned) pthread_setaffinity_np(pthread_self(), sizeof original, &original);
   DJINN_RETURN_IF_ERROR(status);
   return scheduled;
+}
+
+void Server::forward_replies() {
+  while (forward_message(rpc_side_, router_, &replies_dropped_)) {
+  }
 }
 
 Status Server::relay(const std::atomic<bool>& scheduler_done) {
@@ -254,9 +254,7 @@ Status Server::relay(const std::atomic<bool>& scheduler_done) {
       if (e.num() == EINTR) continue;
       return internal_error(fmt::format("poll: {}", e.what()));
     }
-    // Replies first: they finish work already done.
-    while (forward_message(rpc_side_, router_, &replies_dropped_)) {
-    }
+    forward_replies();  // first: they finish work already done
     while ((rpc_side_.get(zmq::sockopt::events) & ZMQ_POLLOUT) && forward_message(router_, rpc_side_, nullptr)) {
     }
   }

@@ -140,6 +140,8 @@ class Server {
   // The RPC thread's loop (until stop() or the scheduler ends): requests to the
   // scheduler while its pipe has room, replies to the ROUTER.
   Status relay(const std::atomic<bool>& scheduler_done);
+  // RPC thread: every reply the scheduler has handed back, to the ROUTER.
+  void forward_replies();
   void handle(zmq::message_t& identity, std::vector<zmq::message_t>& frames);
   Status dispatch(const DecodedRequest& request, Outgoing& out);
   Result<SessionRecord*> authorize(const Request& request);

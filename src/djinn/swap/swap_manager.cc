@@ -82,17 +82,15 @@ void SwapManager::run_worker(Worker& worker) {
   }
 }
 
-SwapTicket SwapManager::enqueue(Worker& worker, std::function<Status()> job) {
+std::shared_future<Status> SwapManager::enqueue(Worker& worker, std::function<Status()> job) {
   std::packaged_task<Status()> task(std::move(job));
-  SwapTicket ticket;
-  ticket.state_ = std::make_shared<SwapTicket::State>();
-  ticket.state_->host = task.get_future().share();
+  std::shared_future<Status> done = task.get_future().share();
   {
     std::lock_guard lock(mutex_);
     worker.jobs.push_back(std::move(task));
   }
   worker.wake.notify_one();
-  return ticket;
+  return done;
 }
 
 SwapTicket SwapManager::copy(std::vector<ByteSpan> spans, std::byte* slice, bool to_slice) {
@@ -111,9 +109,9 @@ SwapTicket SwapManager::copy(std::vector<ByteSpan> spans, std::byte* slice, bool
     (to_slice ? stats_.seconds_out : stats_.seconds_in) += seconds;
   };
   SwapTicket ticket;
-  // Backend queues (CUDA streams): issued from here, no thread hop.
+  ticket.state_ = std::make_shared<SwapTicket::State>();
+  // Backend queues (CUDA streams): issued from here, no thread hop; counted when done.
   if (backend_.supports_async_copy()) {
-    ticket.state_ = std::make_shared<SwapTicket::State>();
     Result<std::shared_ptr<QueueEvent>> event = backend_.copy_async(regions, queue);
     if (!event.ok()) {
       std::promise<Status> failed;
@@ -125,28 +123,23 @@ SwapTicket SwapManager::copy(std::vector<ByteSpan> spans, std::byte* slice, bool
     ticket.state_->on_finish = record;
     return ticket;
   }
-  // Small copies on the calling thread: the hand-off would cost more than the copy.
-  if (total <= kInlineCopyBytes) {
-    ticket.state_ = std::make_shared<SwapTicket::State>();
+  // Otherwise the copy is timed and counted by the thread that runs it.
+  auto timed_copy = [this, regions = std::move(regions), queue, record, state = ticket.state_] {
     const auto start = std::chrono::steady_clock::now();
+    const Status copied = backend_.copy(regions, queue);
+    if (copied.ok()) {
+      state->seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+      record(state->seconds);
+    }
+    return copied;
+  };
+  if (total <= kInlineCopyBytes) {  // small: the hand-off would cost more than the copy
     std::promise<Status> result;
-    const Status copied = backend_.copy(regions, queue);
-    ticket.state_->seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-    if (copied.ok()) record(ticket.state_->seconds);
-    result.set_value(copied);
+    result.set_value(timed_copy());
     ticket.state_->host = result.get_future().share();
-    return ticket;
+  } else {
+    ticket.state_->host = enqueue(to_slice ? out_ : in_, std::move(timed_copy));
   }
-  auto state = std::make_shared<double>(0.0);
-  ticket = enqueue(to_slice ? out_ : in_, [this, regions = std::move(regions), queue, record, state] {
-    const auto start = std::chrono::steady_clock::now();
-    const Status copied = backend_.copy(regions, queue);
-    if (!copied.ok()) return copied;
-    *state = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-    record(*state);
-    return Status{};
-  });
-  ticket.state_->on_finish = [ticket_state = ticket.state_.get(), state](double) { ticket_state->seconds = *state; };
   return ticket;
 }
 

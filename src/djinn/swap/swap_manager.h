@@ -120,7 +120,8 @@ class SwapManager {
     std::condition_variable wake;
     std::thread thread;
   };
-  SwapTicket enqueue(Worker& worker, std::function<Status()> job);
+  // Queues `job` on `worker`; the future is its result.
+  std::shared_future<Status> enqueue(Worker& worker, std::function<Status()> job);
   // spans -> slice on the out worker (to_slice), or slice -> spans on the in worker.
   SwapTicket copy(std::vector<ByteSpan> spans, std::byte* slice, bool to_slice);
   void run_worker(Worker& worker);
