@@ -32,8 +32,9 @@ def main():
 
     decode = load(src, "bench_decode_llama13b_cuda.json")
     nographs = load(src, "bench_decode_llama13b_cuda_nographs.json")
-    gemmex = load(src, "bench_decode_llama13b_cuda_gemmex.json")
+    nogemv = load(src, "bench_decode_llama13b_cuda_nogemv.json")
     swap = load(src, "bench_swap_cuda.json")
+    unstaged = load(src, "bench_swap_cuda_unstaged.json")
     ostax = load(src, "bench_os_tax_cuda.json")
     gpt2 = load(src, "bench_decode_gpt2_cuda.json")
     any_result = decode or swap or ostax or gpt2
@@ -101,11 +102,15 @@ def main():
                      f"{nographs['decode_ms_per_token_p50']:.2f} ms p50 (on: {decode['decode_ms_per_token_p50']:.2f}); "
                      + ", ".join(f"batched x{r['batch']} {r['step_ms_p50']:.2f} ms = {r['pct_of_copy_bandwidth']:.1f}%"
                                  for r in nographs.get("batched", [])) + ".")
-    if gemmex and decode:
-        lines.append(f"cuBLAS's default GEMM algorithms (`DJINN_CUBLASLT=0`) instead of the tuned cuBLASLt ones, same run: "
-                     f"decode step {gemmex['decode_ms_per_token_p50']:.2f} ms p50 (tuned: {decode['decode_ms_per_token_p50']:.2f}); "
-                     + ", ".join(f"batched x{r['batch']} {r['step_ms_p50']:.2f} ms = {r['pct_of_copy_bandwidth']:.1f}%"
-                                 for r in gemmex.get("batched", [])) + ".")
+    if nogemv and decode:
+        lines.append(f"Decode products through cuBLASLt instead of the GEMV kernel (`DJINN_CUDA_GEMV=0`), same run: "
+                     f"decode step {nogemv['decode_ms_per_token_p50']:.2f} ms p50 "
+                     f"(GEMV: {decode['decode_ms_per_token_p50']:.2f}).")
+    if unstaged:
+        lines.append("Swaps without the staging buffer (`DJINN_CUDA_SWAP_STAGING_MB=0`: SM threads up to 4 MiB, then "
+                     "the copy engines per run), same run, out/in % of raw: "
+                     + ", ".join(f"{r['bytes'] >> 20} MiB {r['out_pct_of_raw']:.0f}/{r['in_pct_of_raw']:.0f}%"
+                                 for r in unstaged["rows"]) + ".")
     if gpt2:
         lines.append(f"gpt2 f32 on cuda: prefill 128 tokens {gpt2['prefill_ms']:.2f} ms, decode "
                      f"{gpt2['decode_ms_per_token_p50']:.3f} ms/token p50.")

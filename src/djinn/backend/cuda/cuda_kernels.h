@@ -73,6 +73,21 @@ struct SpanCopyTable {
 cudaError_t copy_spans(const SpanCopyTable& table, cudaStream_t stream);
 
 // ---------------------------------------------------------------------------------
+// Decode GEMV
+// ---------------------------------------------------------------------------------
+
+// out[m, n] f32 = round(x)[m, k] . w^T for the few activation rows of a decode step:
+// w [n, k] row-major (nn.Linear) of 16-bit `dtype`, x [m, k] f32 dense, each element
+// rounded to `dtype` (as the GEMM path narrows it before cuBLAS) and every product
+// summed in f32; out dense. Supported when gemv_supported(...): 16-bit w, 1 <= m <=
+// kMaxGemvRows, k a multiple of 8, w and x 16-byte aligned. One warp per output
+// column, so the summation order differs from cuBLAS's (f32 rounding, ~1e-7 relative).
+inline constexpr int64_t kMaxGemvRows = 4;
+bool gemv_supported(const void* w, Dtype dtype, const float* x, int64_t m, int64_t n, int64_t k);
+cudaError_t gemv(const void* w, Dtype dtype, const float* x, int64_t m, int64_t n, int64_t k, float* out,
+                 cudaStream_t stream);
+
+// ---------------------------------------------------------------------------------
 // Gathers, conversions, elementwise
 // ---------------------------------------------------------------------------------
 
