@@ -34,7 +34,7 @@ def main():
     nographs = load(src, "bench_decode_llama13b_cuda_nographs.json")
     nogemv = load(src, "bench_decode_llama13b_cuda_nogemv.json")
     swap = load(src, "bench_swap_cuda.json")
-    unstaged = load(src, "bench_swap_cuda_unstaged.json")
+    nopdl = load(src, "bench_decode_llama13b_cuda_nopdl.json")
     ostax = load(src, "bench_os_tax_cuda.json")
     gpt2 = load(src, "bench_decode_gpt2_cuda.json")
     any_result = decode or swap or ostax or gpt2
@@ -106,11 +106,12 @@ def main():
         lines.append(f"Decode products through cuBLASLt instead of the GEMV kernel (`DJINN_CUDA_GEMV=0`), same run: "
                      f"decode step {nogemv['decode_ms_per_token_p50']:.2f} ms p50 "
                      f"(GEMV: {decode['decode_ms_per_token_p50']:.2f}).")
-    if unstaged:
-        lines.append("Swaps without the staging buffer (`DJINN_CUDA_SWAP_STAGING_MB=0`: SM threads up to 4 MiB, then "
-                     "the copy engines per run), same run, out/in % of raw: "
-                     + ", ".join(f"{r['bytes'] >> 20} MiB {r['out_pct_of_raw']:.0f}/{r['in_pct_of_raw']:.0f}%"
-                                 for r in unstaged["rows"]) + ".")
+    if nopdl and decode:
+        lines.append(f"Kernels launched without programmatic dependent launch (`DJINN_CUDA_PDL=0`), same run: "
+                     f"decode step {nopdl['decode_ms_per_token_p50']:.2f} ms p50 "
+                     f"(with: {decode['decode_ms_per_token_p50']:.2f}); "
+                     + ", ".join(f"batched x{r['batch']} {r['step_ms_p50']:.2f} ms = {r['pct_of_copy_bandwidth']:.1f}%"
+                                 for r in nopdl.get("batched", [])) + ".")
     if gpt2:
         lines.append(f"gpt2 f32 on cuda: prefill 128 tokens {gpt2['prefill_ms']:.2f} ms, decode "
                      f"{gpt2['decode_ms_per_token_p50']:.3f} ms/token p50.")

@@ -53,6 +53,11 @@ if want decode13b; then
   bench bench_decode_llama13b_cuda_nogemv bench decode --model llama-2-13b --dtype f16 \
     --device cuda --prompt-len 2048 --n-tokens 32 --repeats 1
   unset DJINN_CUDA_GEMV
+  # And with every kernel launched the plain way (no programmatic dependent launch).
+  export DJINN_CUDA_PDL=0
+  bench bench_decode_llama13b_cuda_nopdl bench decode --model llama-2-13b --dtype f16 \
+    --device cuda --prompt-len 2048 --n-tokens 32 --repeats 1 --batches 16
+  unset DJINN_CUDA_PDL
 fi
 if want profile; then
   # Where a decode step's GPU time goes, by op kind (DJINN_CUDA_OP_PROFILE=1: steps run
@@ -66,11 +71,7 @@ if want profile; then
   unset DJINN_CUDA_OP_PROFILE
   grep -A30 "cuda op profile" "$out/profile_decode_llama13b.err" | head -25
 fi
-if want swap; then
-  bench bench_swap_cuda bench swap --device cuda --max-mb 1024
-  # The same without the staging buffer (Note [Staged swaps] in cuda_backend.h).
-  DJINN_CUDA_SWAP_STAGING_MB=0 bench bench_swap_cuda_unstaged bench swap --device cuda --max-mb 64
-fi
+if want swap; then bench bench_swap_cuda bench swap --device cuda --max-mb 1024; fi
 if want ostax; then bench bench_os_tax_cuda bench os-tax --device cuda --listen tcp; fi
 if want pool; then
   # A server with a 96 GiB pinned host pool: seconds until it answers Stats, and how

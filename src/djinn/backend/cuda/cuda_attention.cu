@@ -115,6 +115,7 @@ __device__ __forceinline__ float rescale_factor(float a, float b) { return a == 
 
 template <typename T, int VEC, int NPL, int QH, bool kBatched>
 __global__ void __launch_bounds__(kDecodeThreads) attention_decode_kernel(const DecodeParams p, const KvTable table) {
+  detail::await_prior_grids();
   using Raw = RawLoad<T, VEC>;
   constexpr int U = VEC == 1 ? 2 : kDecodeUnroll;  // one-element loads: NPL of them per key already
   constexpr int kSlice = NPL * VEC;                // elements of a row per lane (>= head_dim / G)
@@ -295,6 +296,7 @@ __global__ void __launch_bounds__(kDecodeThreads) attention_decode_kernel(const 
 
 // One block per (row, head): out = sum_c w_c acc_c / sum_c w_c sum_c, w_c = exp(max_c - max).
 __global__ void __launch_bounds__(kDecodeThreads) attention_combine_kernel(const DecodeParams p) {
+  detail::await_prior_grids();
   __shared__ float weight[kMaxDecodeChunks];
   __shared__ float denominator;
   const int row = blockIdx.x / p.n_heads, head = blockIdx.x % p.n_heads;
@@ -387,11 +389,11 @@ cudaError_t launch_decode_with(DecodeParams p, const KvTable& table, int64_t row
                                cudaStream_t stream) {
   p.lanes_per_key = lanes_for(p.head_dim / VEC);
   const dim3 grid(static_cast<unsigned>(rows * p.units_per_row), static_cast<unsigned>(p.num_chunks));
-  if (batched) attention_decode_kernel<T, VEC, NPL, QH, true><<<grid, kDecodeThreads, 0, stream>>>(p, table);
-  else attention_decode_kernel<T, VEC, NPL, QH, false><<<grid, kDecodeThreads, 0, stream>>>(p, table);
+  if (batched) (void)detail::launch(attention_decode_kernel<T, VEC, NPL, QH, true>, grid, kDecodeThreads, 0, stream, p, table);
+  else (void)detail::launch(attention_decode_kernel<T, VEC, NPL, QH, false>, grid, kDecodeThreads, 0, stream, p, table);
   const cudaError_t status = cudaGetLastError();
   if (status != cudaSuccess || p.num_chunks == 1) return status;
-  attention_combine_kernel<<<static_cast<unsigned>(rows * p.n_heads), kDecodeThreads, 0, stream>>>(p);
+  (void)detail::launch(attention_combine_kernel, static_cast<unsigned>(rows * p.n_heads), kDecodeThreads, 0, stream, p);
   return cudaGetLastError();
 }
 
@@ -539,6 +541,7 @@ __device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const void* 
 
 template <typename T, int D>
 __global__ void __launch_bounds__(kFlashThreads) flash_prefill_kernel(const FlashParams p) {
+  detail::await_prior_grids();
   static_assert(D % 16 == 0 && D <= 128, "head_dim: a multiple of 16, at most 128");
   constexpr int kStride = D + 8;  // shared row stride (elements): 16-byte pad, no bank conflicts
   constexpr int kChunks = D / 8;  // 16-byte pieces per row
@@ -793,11 +796,11 @@ cudaError_t attention_prefill(const float* q, const void* k_cache, const void* v
   const dim3 grid(static_cast<unsigned>((rows + kFlashM - 1) / kFlashM), static_cast<unsigned>(shape.n_heads));
   const bool f16 = layout.dtype == Dtype::kF16;
   if (shape.head_dim == 64) {
-    if (f16) flash_prefill_kernel<__half, 64><<<grid, kFlashThreads, 0, stream>>>(p);
-    else flash_prefill_kernel<__nv_bfloat16, 64><<<grid, kFlashThreads, 0, stream>>>(p);
+    if (f16) (void)detail::launch(flash_prefill_kernel<__half, 64>, grid, kFlashThreads, 0, stream, p);
+    else (void)detail::launch(flash_prefill_kernel<__nv_bfloat16, 64>, grid, kFlashThreads, 0, stream, p);
   } else {
-    if (f16) flash_prefill_kernel<__half, 128><<<grid, kFlashThreads, 0, stream>>>(p);
-    else flash_prefill_kernel<__nv_bfloat16, 128><<<grid, kFlashThreads, 0, stream>>>(p);
+    if (f16) (void)detail::launch(flash_prefill_kernel<__half, 128>, grid, kFlashThreads, 0, stream, p);
+    else (void)detail::launch(flash_prefill_kernel<__nv_bfloat16, 128>, grid, kFlashThreads, 0, stream, p);
   }
   return cudaGetLastError();
 }

@@ -114,14 +114,10 @@ Status CudaBackend::init() {
   // DJINN_CUDA_GEMV=0: decode products through cuBLAS too (the baseline of the GEMV).
   if (const char* env = std::getenv("DJINN_CUDA_GEMV"); env != nullptr && std::string_view(env) == "0")
     gemv_enabled_ = false;
-  // Note [Staged swaps] (cuda_backend.h).
-  staging_bytes_ = size_t{32} << 20;
-  if (const char* env = std::getenv("DJINN_CUDA_SWAP_STAGING_MB"); env != nullptr)
-    staging_bytes_ = static_cast<size_t>(std::max(0.0, std::atof(env)) * (1 << 20)) / 16 * 16;
-  if (staging_bytes_ > 0) {
-    DJINN_CUDA_RETURN_IF_ERROR(cudaMalloc(&staging_out_, staging_bytes_));
-    DJINN_CUDA_RETURN_IF_ERROR(cudaMalloc(&staging_in_, staging_bytes_));
-  }
+  // DJINN_CUDA_PDL=0: kernels launched the plain way (Note [Programmatic dependent
+  // launch] in cuda_common.cuh); process-wide.
+  if (const char* env = std::getenv("DJINN_CUDA_PDL"); env != nullptr && std::string_view(env) == "0")
+    gpu::set_programmatic_launch(false);
   event_pool_ = std::make_shared<CudaEventPool>();
   DJINN_CUDA_RETURN_IF_ERROR(cudaStreamCreateWithFlags(&compute_, cudaStreamNonBlocking));
   DJINN_CUDA_RETURN_IF_ERROR(cudaStreamCreateWithFlags(&swap_out_, cudaStreamNonBlocking));
@@ -165,8 +161,6 @@ CudaBackend::~CudaBackend() {
   if (cublas_workspace_ != nullptr) check(cudaFree(cublas_workspace_), "cudaFree(cublas workspace)");
   if (workspace_ != nullptr) check(cudaFree(workspace_), "cudaFree(workspace)");
   if (narrowed_ != nullptr) check(cudaFree(narrowed_), "cudaFree(narrowed activations)");
-  for (void* staging : {staging_out_, staging_in_})
-    if (staging != nullptr) check(cudaFree(staging), "cudaFree(swap staging)");
   if (error_ != nullptr) check(cudaFree(error_), "cudaFree(error record)");
   if (error_host_ != nullptr) check(cudaFreeHost(error_host_), "cudaFreeHost(error record)");
   for (CUstream_st* stream : {compute_, swap_out_, swap_in_})
@@ -362,9 +356,7 @@ Result<std::shared_ptr<QueueEvent>> CudaBackend::copy_async(std::span<const Copy
   auto event = std::make_shared<CudaCopyEvent>(event_pool_, start, *end);  // gives both back when gone
   DJINN_CUDA_RETURN_IF_ERROR(cudaEventRecord(start, stream));
   auto issue = [&]() -> Status {
-    if (const std::optional<StagedCopy> staged = staged_copy_fits(regions, queue)) {
-      DJINN_RETURN_IF_ERROR(issue_staged(regions, queue, *staged));
-    } else if (span_copy_fits(regions, queue)) {
+    if (span_copy_fits(regions, queue)) {
       gpu::SpanCopyTable table{};
       for (const CopyRegion& r : regions)
         if (r.bytes > 0) table.spans[table.count++] = gpu::SpanCopy{r.src, r.dst, r.bytes};
@@ -382,49 +374,6 @@ Result<std::shared_ptr<QueueEvent>> CudaBackend::copy_async(std::span<const Copy
     return issued;
   }
   return std::shared_ptr<QueueEvent>(std::move(event));
-}
-
-std::optional<CudaBackend::StagedCopy> CudaBackend::staged_copy_fits(std::span<const CopyRegion> regions,
-                                                                     CopyQueue queue) const {
-  if (staging_bytes_ == 0) return std::nullopt;
-  StagedCopy staged;
-  size_t count = 0;
-  for (const CopyRegion& r : regions) {
-    if (r.bytes == 0) continue;
-    const auto* device_side = static_cast<const std::byte*>(queue == CopyQueue::kSwapOut ? r.src : r.dst);
-    auto* host_side = static_cast<std::byte*>(queue == CopyQueue::kSwapOut ? r.dst : const_cast<void*>(r.src));
-    if ((reinterpret_cast<uintptr_t>(device_side) | r.bytes) % 16 != 0) return std::nullopt;  // copy_spans' words
-    if (count == 0) staged.host = host_side;
-    else if (host_side != staged.host + staged.bytes) return std::nullopt;  // the host side is one run
-    staged.bytes += r.bytes;
-    ++count;
-  }
-  // One run needs no gathering: the copy engines take it as it is.
-  if (count < 2 || count > static_cast<size_t>(gpu::kMaxSpanCopies) || staged.bytes > staging_bytes_)
-    return std::nullopt;
-  return staged;
-}
-
-Status CudaBackend::issue_staged(std::span<const CopyRegion> regions, CopyQueue queue, const StagedCopy& staged) {
-  cudaStream_t stream = stream_for(queue);
-  const bool out = queue == CopyQueue::kSwapOut;
-  auto* staging = static_cast<std::byte*>(out ? staging_out_ : staging_in_);
-  gpu::SpanCopyTable table{};
-  size_t offset = 0;
-  for (const CopyRegion& r : regions) {
-    if (r.bytes == 0) continue;
-    table.spans[table.count++] = out ? gpu::SpanCopy{r.src, staging + offset, r.bytes}
-                                     : gpu::SpanCopy{staging + offset, r.dst, r.bytes};
-    offset += r.bytes;
-  }
-  if (out) {
-    DJINN_CUDA_RETURN_IF_ERROR(gpu::copy_spans(table, stream));
-    DJINN_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(staged.host, staging, staged.bytes, cudaMemcpyDeviceToHost, stream));
-  } else {
-    DJINN_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(staging, staged.host, staged.bytes, cudaMemcpyHostToDevice, stream));
-    DJINN_CUDA_RETURN_IF_ERROR(gpu::copy_spans(table, stream));
-  }
-  return {};
 }
 
 bool CudaBackend::span_copy_fits(std::span<const CopyRegion> regions, CopyQueue queue) const {

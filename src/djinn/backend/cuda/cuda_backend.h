@@ -30,7 +30,6 @@
 #include <map>
 #include <memory>
 #include <mutex>
-#include <optional>
 #include <vector>
 
 #include "djinn/backend/backend.h"
@@ -106,23 +105,6 @@ class CudaBackend final : public Backend {
   // at most span_copy_max_bytes_ in all, 16-byte aligned, the host side mapped memory.
   bool span_copy_fits(std::span<const CopyRegion> regions, CopyQueue queue) const;
 
-  // Note [Staged swaps]: a small swap is many short runs on the device side (every KV
-  // slot's used rows) and one contiguous slice on the host side. The copy engines pay
-  // a setup per run, which at 1-4 MiB costs a quarter of the time, so such a swap goes
-  // through a device staging buffer instead: a copy_spans kernel gathers the runs into
-  // it (device memory at HBM speed: microseconds) and one cudaMemcpyAsync moves it
-  // over PCIe like the raw copy it is compared with; a swap-in is the mirror image.
-  // One buffer per swap stream, so stream order keeps consecutive swaps from sharing
-  // it. Sized DJINN_CUDA_SWAP_STAGING_MB (default 32; 0: no staging).
-  struct StagedCopy {
-    size_t bytes = 0;              // total
-    std::byte* host = nullptr;     // the contiguous host side
-  };
-  std::optional<StagedCopy> staged_copy_fits(std::span<const CopyRegion> regions, CopyQueue queue) const;
-  Status issue_staged(std::span<const CopyRegion> regions, CopyQueue queue, const StagedCopy& staged);
-  size_t staging_bytes_ = 0;
-  void* staging_out_ = nullptr;  // device, staging_bytes_ each
-  void* staging_in_ = nullptr;
 
   Status matmul(const TensorView& x, const TensorView& w, bool transpose_b, const TensorView& out);
   Status attention(const TensorView& q, const TensorView& k_cache, const TensorView& v_cache,

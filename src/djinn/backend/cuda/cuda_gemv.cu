@@ -21,7 +21,11 @@ using detail::warp_reduce;
 
 constexpr int kGemvWarps = 8;  // one output column per warp
 constexpr int kGemvThreads = 32 * kGemvWarps;
-constexpr int kUnroll = 4;     // 16-byte weight loads in flight per lane
+// 16-byte weight loads in flight per lane. A product of few columns is one wave of
+// short warps, whose time is mostly the first loads' latency: 8 at a time there; 4
+// for the many-column ones, which 8 slowed (H200, Llama-2-13B shapes: 5120 x 5120 15.9
+// vs 17.2 us with 8; 13824 x 5120 39.7 vs 35.8 us).
+constexpr int64_t kWideUnrollMaxColumns = 8192;
 
 // A weight load that bypasses L1 (read once) and may use the read-only path.
 __device__ __forceinline__ uint4 load_streaming(const uint4* p) {
@@ -63,14 +67,19 @@ __device__ __forceinline__ void accumulate(const uint4& w8, const float* __restr
 // out[r, col] = sum_j round(x[r, j]) * w[col, j]: warp `col` reads weight row col in
 // 8-element chunks, lane l taking chunks l, l + 32, ...; the partial sums meet in a
 // warp reduction.
-template <typename T, int M>
+template <typename T, int M, int kUnroll>
 __global__ void __launch_bounds__(kGemvThreads)
     gemv_kernel(const T* __restrict__ w, const float* __restrict__ x, int64_t n, int64_t k, float* __restrict__ out) {
   const int lane = threadIdx.x % 32;
   const int64_t col = static_cast<int64_t>(blockIdx.x) * kGemvWarps + threadIdx.x / 32;
-  if (col >= n) return;
-  const auto* row = reinterpret_cast<const uint4*>(w + col * k);
+  const auto* row = reinterpret_cast<const uint4*>(w + (col < n ? col : 0) * k);
   const int64_t chunks = k / 8;
+  // Nothing writes weights during a step: their first loads go to L2 while the kernels
+  // before this one finish (Note [Programmatic dependent launch]).
+  for (int64_t c = lane; c < chunks && c < kUnroll * 32; c += 32)
+    asm volatile("prefetch.global.L2 [%0];" ::"l"(row + c));
+  detail::await_prior_grids();
+  if (col >= n) return;
   float acc[M] = {};
   int64_t c = lane;
   for (; c + (kUnroll - 1) * 32 < chunks; c += kUnroll * 32) {
@@ -91,8 +100,10 @@ __global__ void __launch_bounds__(kGemvThreads)
 template <typename T, int M>
 cudaError_t launch(const void* w, const float* x, int64_t n, int64_t k, float* out, cudaStream_t stream) {
   const auto blocks = static_cast<unsigned>((n + kGemvWarps - 1) / kGemvWarps);
-  gemv_kernel<T, M><<<blocks, kGemvThreads, 0, stream>>>(static_cast<const T*>(w), x, n, k, out);
-  return cudaGetLastError();
+  const auto* weights = static_cast<const T*>(w);
+  if (n <= kWideUnrollMaxColumns)
+    return detail::launch(gemv_kernel<T, M, 8>, blocks, kGemvThreads, 0, stream, weights, x, n, k, out);
+  return detail::launch(gemv_kernel<T, M, 4>, blocks, kGemvThreads, 0, stream, weights, x, n, k, out);
 }
 
 template <typename T>

@@ -3,10 +3,18 @@
 // 4-element vector path (16-byte f32 accesses, 8-byte 16-bit ones) when every pointer
 // and row length allows it, else a scalar path with the same arithmetic.
 #include <algorithm>
+#include <atomic>
 #include "djinn/backend/cuda/cuda_common.cuh"
 #include "djinn/backend/cuda/cuda_kernels.h"
 
 namespace djinn::gpu {
+
+namespace {
+std::atomic<bool> programmatic_launch_enabled{true};
+}  // namespace
+void set_programmatic_launch(bool enabled) { programmatic_launch_enabled.store(enabled); }
+bool programmatic_launch() { return programmatic_launch_enabled.load(std::memory_order_relaxed); }
+
 namespace {
 
 using detail::aligned;
@@ -39,6 +47,7 @@ template <typename T, bool kVec>
 __global__ void __launch_bounds__(kThreads)
     embedding_kernel(const T* table, int64_t vocab, int64_t hidden, const int32_t* ids, float* out,
                      DeviceError* error) {
+  detail::await_prior_grids();
   const int64_t row = blockIdx.x;
   const int32_t id = ids[row];
   if (id < 0 || id >= vocab) {
@@ -60,6 +69,7 @@ __global__ void __launch_bounds__(kThreads)
 
 template <typename T, bool kVec>
 __global__ void __launch_bounds__(kThreads) convert_kernel(const float* src, T* dst, int64_t count) {
+  detail::await_prior_grids();
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   const int64_t first = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if constexpr (kVec) {
@@ -84,6 +94,7 @@ __device__ __forceinline__ float apply(float a, float b) {
 template <BinaryOp kOp, typename TB, bool kVec, bool kBroadcast>
 __global__ void __launch_bounds__(kThreads)
     binary_kernel(const float* a, const TB* b, float* out, int64_t count, int64_t cols) {
+  detail::await_prior_grids();
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   const int64_t first = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if constexpr (kVec) {
@@ -110,10 +121,10 @@ cudaError_t launch_binary(const float* a, const void* b, Dtype b_dtype, bool bro
     const bool vec = count % 4 == 0 && (!broadcast_b || cols % 4 == 0) && vec4_aligned(a) && vec4_aligned(out) &&
                      vec4_aligned(pb);
     const unsigned grid = grid_for(vec ? count / 4 : count, kThreads);
-    if (vec && broadcast_b) binary_kernel<kOp, TB, true, true><<<grid, kThreads, 0, stream>>>(a, pb, out, count, cols);
-    else if (vec) binary_kernel<kOp, TB, true, false><<<grid, kThreads, 0, stream>>>(a, pb, out, count, cols);
-    else if (broadcast_b) binary_kernel<kOp, TB, false, true><<<grid, kThreads, 0, stream>>>(a, pb, out, count, cols);
-    else binary_kernel<kOp, TB, false, false><<<grid, kThreads, 0, stream>>>(a, pb, out, count, cols);
+    if (vec && broadcast_b) (void)detail::launch(binary_kernel<kOp, TB, true, true>, grid, kThreads, 0, stream, a, pb, out, count, cols);
+    else if (vec) (void)detail::launch(binary_kernel<kOp, TB, true, false>, grid, kThreads, 0, stream, a, pb, out, count, cols);
+    else if (broadcast_b) (void)detail::launch(binary_kernel<kOp, TB, false, true>, grid, kThreads, 0, stream, a, pb, out, count, cols);
+    else (void)detail::launch(binary_kernel<kOp, TB, false, false>, grid, kThreads, 0, stream, a, pb, out, count, cols);
     return cudaGetLastError();
   });
 }
@@ -136,6 +147,7 @@ __device__ __forceinline__ float activate(float v) {
 
 template <UnaryOp kOp, bool kVec>
 __global__ void __launch_bounds__(kThreads) unary_kernel(const float* x, float* out, int64_t count) {
+  detail::await_prior_grids();
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   const int64_t first = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if constexpr (kVec) {
@@ -154,8 +166,8 @@ cudaError_t launch_unary(const float* x, float* out, int64_t count, cudaStream_t
   if (count == 0) return cudaSuccess;
   const bool vec = count % 4 == 0 && vec4_aligned(x) && vec4_aligned(out);
   const unsigned grid = grid_for(vec ? count / 4 : count, kThreads);
-  if (vec) unary_kernel<kOp, true><<<grid, kThreads, 0, stream>>>(x, out, count);
-  else unary_kernel<kOp, false><<<grid, kThreads, 0, stream>>>(x, out, count);
+  if (vec) (void)detail::launch(unary_kernel<kOp, true>, grid, kThreads, 0, stream, x, out, count);
+  else (void)detail::launch(unary_kernel<kOp, false>, grid, kThreads, 0, stream, x, out, count);
   return cudaGetLastError();
 }
 
@@ -182,6 +194,7 @@ __device__ __forceinline__ float row_sum(const float* row, int64_t n, F f) {
 template <typename T, bool kVec>
 __global__ void __launch_bounds__(kRowThreads)
     layernorm_kernel(const float* x, const T* gamma, const T* beta, float eps, int64_t hidden, float* out) {
+  detail::await_prior_grids();
   __shared__ float scratch[32];
   const float* in = x + blockIdx.x * hidden;
   float* o = out + blockIdx.x * hidden;
@@ -207,6 +220,7 @@ __global__ void __launch_bounds__(kRowThreads)
 template <typename T, bool kVec>
 __global__ void __launch_bounds__(kRowThreads)
     rmsnorm_kernel(const float* x, const T* gamma, float eps, int64_t hidden, float* out) {
+  detail::await_prior_grids();
   __shared__ float scratch[32];
   const float* in = x + blockIdx.x * hidden;
   float* o = out + blockIdx.x * hidden;
@@ -227,6 +241,7 @@ __global__ void __launch_bounds__(kRowThreads)
 // ---------------------------------------------------------------------------------
 
 __global__ void __launch_bounds__(kThreads) softmax_kernel(const float* x, int64_t cols, float* out) {
+  detail::await_prior_grids();
   __shared__ float scratch[32];
   const float* in = x + blockIdx.x * cols;
   float* o = out + blockIdx.x * cols;
@@ -258,6 +273,7 @@ __device__ __forceinline__ void better_of(float& value, int32_t& index, float ot
 }
 
 __global__ void __launch_bounds__(kThreads) argmax_kernel(const float* x, int64_t cols, int32_t* out) {
+  detail::await_prior_grids();
   __shared__ float values[32];
   __shared__ int32_t indices[32];
   const float* in = x + blockIdx.x * cols;
@@ -296,6 +312,7 @@ __global__ void __launch_bounds__(kThreads) argmax_kernel(const float* x, int64_
 __global__ void __launch_bounds__(kRowThreads)
     rope_kernel(const float* x, const int32_t* positions, int64_t width, int64_t head_dim, float theta, float* out,
                 DeviceError* error) {
+  detail::await_prior_grids();
   extern __shared__ float table[];  // cos [half], then sin [half]
   const int64_t row = blockIdx.x, half = head_dim / 2;
   const int32_t pos = positions[row];
@@ -337,6 +354,7 @@ __global__ void __launch_bounds__(kRowThreads)
 template <bool kVec>
 __global__ void __launch_bounds__(kThreads)
     slice_kernel(const float* x, int64_t rows, int64_t x_cols, int64_t start, int64_t length, float* out) {
+  detail::await_prior_grids();
   constexpr int kWidth = kVec ? 4 : 1;
   const int64_t per_row = length / kWidth, total = rows * per_row;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
@@ -366,6 +384,7 @@ __global__ void __launch_bounds__(kThreads)
     kv_append_kernel(T* cache, const CacheTable table, int64_t row_offset, int64_t capacity, int64_t width,
                      int64_t row_stride, const float* fresh, int64_t fresh_stride, const int32_t* positions,
                      DeviceError* error) {
+  detail::await_prior_grids();
   const int64_t row = blockIdx.x;
   const int32_t pos = positions[row];
   if (pos < 0 || pos >= capacity) {
@@ -410,7 +429,7 @@ cudaError_t launch_kv_append(void* cache, void* const* caches, const KvCacheLayo
         vec = vec && vec4_aligned(static_cast<const T*>(cache));
       }
       const auto kernel = vec ? kv_append_kernel<T, true, kBatched> : kv_append_kernel<T, false, kBatched>;
-      kernel<<<static_cast<unsigned>(n), kThreads, 0, stream>>>(static_cast<T*>(cache), table, first, layout.capacity,
+      (void)detail::launch(kernel, static_cast<unsigned>(n), kThreads, 0, stream, static_cast<T*>(cache), table, first, layout.capacity,
                                                                layout.width, layout.row_stride,
                                                                fresh + first * fresh_stride, fresh_stride,
                                                                positions + first, error);
@@ -435,7 +454,7 @@ cudaError_t embedding(const void* table, Dtype dtype, int64_t vocab, int64_t hid
     const T* t = static_cast<const T*>(table);
     const bool vec = hidden % 4 == 0 && vec4_aligned(t) && vec4_aligned(out);
     const auto kernel = vec ? embedding_kernel<T, true> : embedding_kernel<T, false>;
-    kernel<<<static_cast<unsigned>(rows), kThreads, 0, stream>>>(t, vocab, hidden, ids, out, error);
+    (void)detail::launch(kernel, static_cast<unsigned>(rows), kThreads, 0, stream, t, vocab, hidden, ids, out, error);
     return cudaGetLastError();
   });
 }
@@ -447,8 +466,8 @@ cudaError_t convert_from_f32(const float* src, void* dst, Dtype dtype, int64_t c
     T* d = static_cast<T*>(dst);
     const bool vec = count % 4 == 0 && vec4_aligned(src) && vec4_aligned(d);
     const unsigned grid = grid_for(vec ? count / 4 : count, kThreads);
-    if (vec) convert_kernel<T, true><<<grid, kThreads, 0, stream>>>(src, d, count);
-    else convert_kernel<T, false><<<grid, kThreads, 0, stream>>>(src, d, count);
+    if (vec) (void)detail::launch(convert_kernel<T, true>, grid, kThreads, 0, stream, src, d, count);
+    else (void)detail::launch(convert_kernel<T, false>, grid, kThreads, 0, stream, src, d, count);
     return cudaGetLastError();
   });
 }
@@ -473,7 +492,7 @@ cudaError_t layernorm(const float* x, const void* gamma, const void* beta, Dtype
     const T* b = static_cast<const T*>(beta);
     const bool vec = hidden % 4 == 0 && vec4_aligned(x) && vec4_aligned(out) && vec4_aligned(g) && vec4_aligned(b);
     const auto kernel = vec ? layernorm_kernel<T, true> : layernorm_kernel<T, false>;
-    kernel<<<static_cast<unsigned>(rows), kRowThreads, 0, stream>>>(x, g, b, eps, hidden, out);
+    (void)detail::launch(kernel, static_cast<unsigned>(rows), kRowThreads, 0, stream, x, g, b, eps, hidden, out);
     return cudaGetLastError();
   });
 }
@@ -486,20 +505,20 @@ cudaError_t rmsnorm(const float* x, const void* gamma, Dtype gamma_dtype, float 
     const T* g = static_cast<const T*>(gamma);
     const bool vec = hidden % 4 == 0 && vec4_aligned(x) && vec4_aligned(out) && vec4_aligned(g);
     const auto kernel = vec ? rmsnorm_kernel<T, true> : rmsnorm_kernel<T, false>;
-    kernel<<<static_cast<unsigned>(rows), kRowThreads, 0, stream>>>(x, g, eps, hidden, out);
+    (void)detail::launch(kernel, static_cast<unsigned>(rows), kRowThreads, 0, stream, x, g, eps, hidden, out);
     return cudaGetLastError();
   });
 }
 
 cudaError_t softmax(const float* x, int64_t rows, int64_t cols, float* out, cudaStream_t stream) {
   if (rows == 0 || cols == 0) return cudaSuccess;
-  softmax_kernel<<<static_cast<unsigned>(rows), kThreads, 0, stream>>>(x, cols, out);
+  (void)detail::launch(softmax_kernel, static_cast<unsigned>(rows), kThreads, 0, stream, x, cols, out);
   return cudaGetLastError();
 }
 
 cudaError_t argmax(const float* x, int64_t rows, int64_t cols, int32_t* out, cudaStream_t stream) {
   if (rows == 0) return cudaSuccess;
-  argmax_kernel<<<static_cast<unsigned>(rows), kThreads, 0, stream>>>(x, cols, out);
+  (void)detail::launch(argmax_kernel, static_cast<unsigned>(rows), kThreads, 0, stream, x, cols, out);
   return cudaGetLastError();
 }
 
@@ -509,7 +528,7 @@ cudaError_t rope(const float* x, const int32_t* positions, int64_t rows, int64_t
   if (head_dim < 2 || head_dim % 2 != 0 || head_dim > kMaxRopeHeadDim || width % head_dim != 0 || width >= (int64_t{1} << 31))
     return cudaErrorInvalidValue;
   const size_t shared = static_cast<size_t>(head_dim) * sizeof(float);  // cos and sin, head_dim / 2 each
-  rope_kernel<<<static_cast<unsigned>(rows), kRowThreads, shared, stream>>>(x, positions, width, head_dim, theta, out,
+  (void)detail::launch(rope_kernel, static_cast<unsigned>(rows), kRowThreads, shared, stream, x, positions, width, head_dim, theta, out,
                                                                             error);
   return cudaGetLastError();
 }
@@ -519,8 +538,8 @@ cudaError_t slice(const float* x, int64_t rows, int64_t x_cols, int64_t start, i
   if (rows == 0 || length == 0) return cudaSuccess;
   const bool vec = x_cols % 4 == 0 && start % 4 == 0 && length % 4 == 0 && vec4_aligned(x) && vec4_aligned(out);
   const unsigned grid = grid_for(rows * (vec ? length / 4 : length), kThreads);
-  if (vec) slice_kernel<true><<<grid, kThreads, 0, stream>>>(x, rows, x_cols, start, length, out);
-  else slice_kernel<false><<<grid, kThreads, 0, stream>>>(x, rows, x_cols, start, length, out);
+  if (vec) (void)detail::launch(slice_kernel<true>, grid, kThreads, 0, stream, x, rows, x_cols, start, length, out);
+  else (void)detail::launch(slice_kernel<false>, grid, kThreads, 0, stream, x, rows, x_cols, start, length, out);
   return cudaGetLastError();
 }
 
@@ -540,6 +559,7 @@ cudaError_t kv_append_batched(void* const* caches, const KvCacheLayout& layout, 
 // blockIdx.y: the span; blocks along x stride over it in 16-byte words, so that many
 // loads and stores are in flight at once (what keeps PCIe busy without a copy engine).
 __global__ void copy_spans_kernel(const SpanCopyTable table) {
+  detail::await_prior_grids();
   const SpanCopy span = table.spans[blockIdx.y];
   const auto* src = static_cast<const uint4*>(span.src);
   auto* dst = static_cast<uint4*>(span.dst);
@@ -557,7 +577,7 @@ cudaError_t copy_spans(const SpanCopyTable& table, cudaStream_t stream) {
   // most 1024 blocks per span.
   const uint64_t words = largest / sizeof(uint4);
   const unsigned blocks = static_cast<unsigned>(std::min<uint64_t>(1024, std::max<uint64_t>(1, (words + kThreads - 1) / kThreads)));
-  copy_spans_kernel<<<dim3(blocks, static_cast<unsigned>(table.count)), kThreads, 0, stream>>>(table);
+  (void)detail::launch(copy_spans_kernel, dim3(blocks, static_cast<unsigned>(table.count)), kThreads, 0, stream, table);
   return cudaGetLastError();
 }
 

@@ -51,6 +51,11 @@ struct DeviceError {
   int64_t values[3];
 };
 
+// Whether kernels are launched with programmatic stream serialization (Note
+// [Programmatic dependent launch] in cuda_common.cuh). Process-wide; on by default.
+void set_programmatic_launch(bool enabled);
+bool programmatic_launch();
+
 // ---------------------------------------------------------------------------------
 // Span copies by SM threads (small swaps)
 // ---------------------------------------------------------------------------------
