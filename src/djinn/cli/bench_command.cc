@@ -223,6 +223,12 @@ Command add_bench_command(CLI::App& app) {
   os_tax_cmd->add_option("--busy-poll-us", os_tax->busy_poll_us, "server and client busy-poll window (default 0)")
       ->check(CLI::Range(0, 1000000));
   os_tax_cmd->add_flag("--json", os_tax->json, "print JSON");
+  auto echo = std::make_shared<ZmqEchoOptions>();
+  CLI::App* echo_cmd = bench->add_subcommand("zmq-echo", "A bare ZeroMQ echo (bench os-tax's reference)");
+  echo_cmd->group("");  // internal: not listed in --help
+  echo_cmd->add_option("--listen", echo->address, "address to bind")->required();
+  echo_cmd->add_option("--pin-cpu", echo->pin_cpu, "CPU of the echo and its I/O thread (-1: none)")
+      ->check(CLI::Range(-1, 4095));
   auto batch = std::make_shared<BatchBenchOptions>();
   CLI::App* batch_cmd = bench->add_subcommand("batch", "One session's decode step vs one batched step of N sessions");
   add_model_options(*batch_cmd, batch->model);
@@ -236,7 +242,9 @@ Command add_bench_command(CLI::App& app) {
   swap_cmd->add_option("--max-mb", swap->max_mb, "largest session size, MiB (default 1024)")->check(CLI::Range(1, 65536));
   swap_cmd->add_flag("--json", swap->json, "print JSON");
   swap_cmd->add_option("--device", swap->device, "cpu or cuda")->check(CLI::IsMember({"cpu", "cuda"}));
-  return {bench, [decode_cmd, decode, plans_cmd, plans, os_tax_cmd, os_tax, swap_cmd, swap, batch_cmd, batch]() -> Status {
+  return {bench, [decode_cmd, decode, plans_cmd, plans, os_tax_cmd, os_tax, swap_cmd, swap, batch_cmd, batch, echo_cmd,
+                  echo]() -> Status {
+            if (echo_cmd->parsed()) return zmq_echo(*echo);
             if (batch_cmd->parsed()) return bench_batch(*batch);
             if (swap_cmd->parsed()) return bench_swap(*swap);
             if (decode_cmd->parsed()) return bench_decode(*decode);

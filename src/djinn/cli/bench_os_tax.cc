@@ -30,6 +30,7 @@
 #include <iostream>
 #include <random>
 #include <thread>
+#include <zmq.hpp>
 
 #include "djinn/cli/bench_os_tax.h"
 #include "djinn/cli/bench_stats.h"
@@ -138,13 +139,12 @@ Result<std::vector<double>> ping_pong_floor(bool tcp, int iterations, int echo_c
 
 // ---- the server process ---------------------------------------------------------
 
-class ServerProcess {
+// A child process running `djinn ARGS...` (this binary), output discarded; SIGTERM and
+// reaped when this goes.
+class ChildProcess {
  public:
-  static Result<std::unique_ptr<ServerProcess>> start(const std::string& address, const std::string& device,
-                                                      int busy_poll_us, int pin_cpu) {
-    std::vector<std::string> args = {"djinn", "serve", "--listen", address, "--device", device, "--device-mem-gb", "2",
-                                     "--session-lease-s", "3600", "--busy-poll-us", std::to_string(busy_poll_us),
-                                     "--pin-cpu", std::to_string(pin_cpu)};
+  static Result<std::unique_ptr<ChildProcess>> spawn(std::vector<std::string> args) {
+    args.insert(args.begin(), "djinn");
     std::vector<char*> argv;
     for (std::string& a : args) argv.push_back(a.data());
     argv.push_back(nullptr);
@@ -155,19 +155,55 @@ class ServerProcess {
     pid_t pid;
     const int rc = posix_spawn(&pid, "/proc/self/exe", &actions, nullptr, argv.data(), environ);
     posix_spawn_file_actions_destroy(&actions);
-    if (rc != 0) return internal_error(fmt::format("cannot start the server process: {}", std::strerror(rc)));
-    return std::unique_ptr<ServerProcess>(new ServerProcess(pid));
+    if (rc != 0) return internal_error(fmt::format("cannot start `djinn {}`: {}", args[1], std::strerror(rc)));
+    return std::unique_ptr<ChildProcess>(new ChildProcess(pid));
   }
-  ~ServerProcess() {
+  ~ChildProcess() {
     ::kill(pid_, SIGTERM);
     int status;
     ::waitpid(pid_, &status, 0);
   }
 
  private:
-  explicit ServerProcess(pid_t pid) : pid_(pid) {}
+  explicit ChildProcess(pid_t pid) : pid_(pid) {}
   pid_t pid_;
 };
+
+Result<std::unique_ptr<ChildProcess>> start_server(const std::string& address, const std::string& device,
+                                                   int busy_poll_us, int pin_cpu) {
+  return ChildProcess::spawn({"serve", "--listen", address, "--device", device, "--device-mem-gb", "2",
+                              "--session-lease-s", "3600", "--busy-poll-us", std::to_string(busy_poll_us),
+                              "--pin-cpu", std::to_string(pin_cpu)});
+}
+
+// ---- the ZeroMQ reference: a bare ROUTER echo in another process ------------------
+
+// Round-trip times (us) of 64-byte messages from a DEALER to a `djinn bench zmq-echo`
+// process at `address`, pinned as the server and the client are (echo and its I/O
+// thread on `echo_cpu`, this thread and the DEALER's I/O thread on `client_cpu`): what
+// ZeroMQ itself costs over the plain-socket floor, before anything djinn does.
+Result<std::vector<double>> zmq_echo_round_trips(const std::string& address, int iterations, int echo_cpu,
+                                                 int client_cpu) {
+  DJINN_ASSIGN_OR_RETURN(std::unique_ptr<ChildProcess> echo,
+                         ChildProcess::spawn({"bench", "zmq-echo", "--listen", address, "--pin-cpu", std::to_string(echo_cpu)}));
+  const ScopedCpuPin pin(client_cpu);
+  zmq::context_t context(1);
+  if (client_cpu >= 0) context.set(zmq::ctxopt::thread_affinity_cpu_add, client_cpu);
+  zmq::socket_t dealer(context, zmq::socket_type::dealer);
+  dealer.set(zmq::sockopt::linger, 0);
+  dealer.set(zmq::sockopt::rcvtimeo, 10000);
+  dealer.connect(address);
+  std::vector<double> samples;
+  char payload[64] = {};
+  for (int i = 0; i < iterations + iterations / 10; ++i) {  // the first tenth warms up
+    const auto start = Clock::now();
+    dealer.send(zmq::const_buffer(payload, sizeof payload), zmq::send_flags::none);
+    zmq::message_t reply;
+    if (!dealer.recv(reply)) return unavailable(fmt::format("zmq echo at {}: no reply in 10 s", address));
+    if (i >= iterations / 10) samples.push_back(us_since(start));
+  }
+  return samples;
+}
 
 std::string free_tcp_address() {
   const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
@@ -370,6 +406,22 @@ Result<RowResult> measure_full_forward(Runtime& native, Client& client, int iter
 
 }  // namespace
 
+Status zmq_echo(const ZmqEchoOptions& options) {
+  if (options.pin_cpu >= 0 && !pin_current_thread(options.pin_cpu))
+    return invalid_argument(fmt::format("zmq-echo: cannot pin to CPU {}", options.pin_cpu));
+  zmq::context_t context(1);
+  if (options.pin_cpu >= 0) context.set(zmq::ctxopt::thread_affinity_cpu_add, options.pin_cpu);
+  zmq::socket_t router(context, zmq::socket_type::router);
+  router.set(zmq::sockopt::linger, 0);
+  router.bind(options.address);
+  for (;;) {  // until SIGTERM
+    zmq::message_t identity, payload;
+    if (!router.recv(identity) || !router.recv(payload)) continue;
+    router.send(identity, zmq::send_flags::sndmore);
+    router.send(payload, zmq::send_flags::none);
+  }
+}
+
 Status bench_os_tax(const OsTaxOptions& options) {
   if (options.transport != "tcp" && options.transport != "ipc")
     return invalid_argument(fmt::format("--listen must be tcp or ipc, not '{}'", options.transport));
@@ -391,9 +443,13 @@ Status bench_os_tax(const OsTaxOptions& options) {
     return ping_pong_floor(tcp, options.small_iterations, options.pin_cpu);
   };
   DJINN_ASSIGN_OR_RETURN(std::vector<double> floor_before, floor_pinned());
+  const std::string echo_address =
+      tcp ? free_tcp_address() : fmt::format("ipc:///tmp/djinn-os-tax-echo-{}.ipc", ::getpid());
+  DJINN_ASSIGN_OR_RETURN(std::vector<double> zmq_echo_us,
+                         zmq_echo_round_trips(echo_address, options.small_iterations, options.pin_cpu, client_cpu));
 
   const std::string address = tcp ? free_tcp_address() : fmt::format("ipc:///tmp/djinn-os-tax-{}.ipc", ::getpid());
-  DJINN_ASSIGN_OR_RETURN(std::unique_ptr<ServerProcess> server, ServerProcess::start(address, options.device, options.busy_poll_us, options.pin_cpu));
+  DJINN_ASSIGN_OR_RETURN(std::unique_ptr<ChildProcess> server, start_server(address, options.device, options.busy_poll_us, options.pin_cpu));
   ClientOptions client_options;
   client_options.name = "djinn bench os-tax";
   client_options.timeout_s = 60;
@@ -433,8 +489,8 @@ Status bench_os_tax(const OsTaxOptions& options) {
   for (int repeat = 1; repeat < options.cold_repeats; ++repeat) {
     const std::string fresh_address =
         tcp ? free_tcp_address() : fmt::format("ipc:///tmp/djinn-os-tax-{}-{}.ipc", ::getpid(), repeat);
-    DJINN_ASSIGN_OR_RETURN(std::unique_ptr<ServerProcess> fresh,
-                           ServerProcess::start(fresh_address, options.device, options.busy_poll_us, options.pin_cpu));
+    DJINN_ASSIGN_OR_RETURN(std::unique_ptr<ChildProcess> fresh,
+                           start_server(fresh_address, options.device, options.busy_poll_us, options.pin_cpu));
     DJINN_ASSIGN_OR_RETURN(std::unique_ptr<Client> fresh_client, Client::connect(fresh_address, client_options));
     const ScopedCpuPin pin(client_cpu);
     DJINN_ASSIGN_OR_RETURN(double add_cold, cold_graph_call(*fresh_client, micro_add()));
@@ -468,6 +524,8 @@ Status bench_os_tax(const OsTaxOptions& options) {
                         {"floor_before_us_p50", percentile(floor_before, 50)},
                         {"floor_after_us_p50", percentile(floor_after, 50)},
                         {"floor", "64-byte ping-pong between this process and a forked echo process"},
+                        {"zmq_echo_us_p50", percentile(zmq_echo_us, 50)},
+                        {"zmq_echo", "64-byte DEALER -> ROUTER echo process, pinned like the server and the client"},
                         {"pin_cpu", options.pin_cpu},
                         {"client_cpu", client_cpu},
                         {"server", "separate djinn serve process, cpu"},
@@ -492,8 +550,10 @@ Status bench_os_tax(const OsTaxOptions& options) {
     std::cout << out.dump(2) << '\n';
     return {};
   }
-  fmt::print("bench os-tax over {} ({}), busy-poll {} us: floor (64-byte ping-pong) p50 {:.1f} us, Hello round trip p50 {:.1f} us\n",
-             options.transport, machine_info().cpu_model, options.busy_poll_us, floor_p50, percentile(hello_us, 50));
+  fmt::print("bench os-tax over {} ({}), busy-poll {} us: floor (64-byte ping-pong) p50 {:.1f} us, bare ZeroMQ echo "
+             "p50 {:.1f} us ({:.2f} x floor), Hello round trip p50 {:.1f} us\n",
+             options.transport, machine_info().cpu_model, options.busy_poll_us, floor_p50, percentile(zmq_echo_us, 50),
+             floor_p50 > 0 ? percentile(zmq_echo_us, 50) / floor_p50 : 0.0, percentile(hello_us, 50));
   fmt::print("  {:<13} {:>12} {:>12} {:>12} {:>12} {:>12} {:>9}\n", "op", "native p50", "cold", "warm p50", "warm p99",
              "overhead", "x floor");
   for (const nlohmann::json& r : out["rows"])

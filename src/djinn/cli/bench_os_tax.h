@@ -21,4 +21,12 @@ struct OsTaxOptions {
 
 Status bench_os_tax(const OsTaxOptions& options);
 
+// `djinn bench zmq-echo` (hidden; bench os-tax starts it): a bare ZeroMQ ROUTER that
+// echoes every message, on `pin_cpu` with its I/O thread when >= 0. Runs until killed.
+struct ZmqEchoOptions {
+  std::string address;
+  int pin_cpu = -1;
+};
+Status zmq_echo(const ZmqEchoOptions& options);
+
 }  // namespace djinn::cli

@@ -23,7 +23,7 @@ namespace {
 constexpr double kMiB = 1024.0 * 1024.0;
 constexpr int kPollMs = 5;         // how often the loop looks at leases, swap timers and the stop flag
 constexpr size_t kMaxGraphs = 1024;  // graphs kept for RunGraph-by-hash
-constexpr int kPipeRequestFrames = 1024;  // request frames queued for the scheduler
+constexpr int kPipeRequests = 1024;  // requests queued for the scheduler (the HWM counts whole messages)
 
 double us_since(std::chrono::steady_clock::time_point start) {
   return std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - start).count();
@@ -110,14 +110,14 @@ Server::Server(const ServerOptions& options, std::unique_ptr<Runtime> runtime)
       rpc_side_(context_, zmq::socket_type::pair),
       scheduler_side_(context_, zmq::socket_type::pair),
       policy_(*parse_swap_policy(options.policy), options.idle_timeout_s) {
-  // The RPC <-> scheduler pipe: requests queue up to kPipeRequestFrames frames (then the
+  // The RPC <-> scheduler pipe: requests queue up to kPipeRequests messages (then the
   // RPC thread stops reading the ROUTER: backpressure, see relay()); replies never
   // block the scheduler (unbounded: there are never more than requests).
   const std::string pipe = fmt::format("inproc://djinn-scheduler-{}", static_cast<const void*>(this));
   rpc_side_.set(zmq::sockopt::linger, 0);
   scheduler_side_.set(zmq::sockopt::linger, 0);
-  rpc_side_.set(zmq::sockopt::sndhwm, kPipeRequestFrames);
-  scheduler_side_.set(zmq::sockopt::rcvhwm, kPipeRequestFrames);
+  rpc_side_.set(zmq::sockopt::sndhwm, kPipeRequests);
+  scheduler_side_.set(zmq::sockopt::rcvhwm, kPipeRequests);
   rpc_side_.set(zmq::sockopt::rcvhwm, 0);
   scheduler_side_.set(zmq::sockopt::sndhwm, 0);
   rpc_side_.bind(pipe);
@@ -227,18 +227,31 @@ Status Server::serve() {
   return scheduled;
 }
 
-void Server::forward_replies() {
-  while (forward_message(rpc_side_, router_, &replies_dropped_)) {
-  }
+size_t Server::forward_replies() {
+  size_t forwarded = 0;
+  while (forward_message(rpc_side_, router_, &replies_dropped_)) ++forwarded;
+  return forwarded;
 }
 
 Status Server::relay(const std::atomic<bool>& scheduler_done) {
   // Backpressure: the ROUTER is read only while the pipe to the scheduler has room, so
   // a busy scheduler leaves requests queued in ZeroMQ (bounded by its high-water mark
   // and --max-request-mb), not in this process's memory.
+  //
+  // Every request gets exactly one reply, so requests forwarded minus replies back is
+  // what the pipe may hold; below kSurelyRoom messages (the high-water mark counts whole
+  // messages) there is room without asking ZeroMQ. Asking costs a system call (its
+  // mailbox is polled), and so does a receive that finds nothing: the loop reads only
+  // the sockets zmq::poll reported. That is two to four calls fewer per request.
+  constexpr uint64_t kSurelyRoom = 16;
+  static_assert(kSurelyRoom < kPipeRequests);
+  uint64_t requests = 0, replies = 0;
+  auto has_room = [&] {
+    return requests - replies < kSurelyRoom || (rpc_side_.get(zmq::sockopt::events) & ZMQ_POLLOUT) != 0;
+  };
   zmq::pollitem_t items[] = {{router_.handle(), 0, ZMQ_POLLIN, 0}, {rpc_side_.handle(), 0, ZMQ_POLLIN, 0}};
   while (!stop_requested_.load(std::memory_order_relaxed) && !scheduler_done.load(std::memory_order_acquire)) {
-    const bool room = (rpc_side_.get(zmq::sockopt::events) & ZMQ_POLLOUT) != 0;
+    const bool room = has_room();
     items[0].events = room ? ZMQ_POLLIN : 0;
     items[1].events = static_cast<short>(ZMQ_POLLIN | (room ? 0 : ZMQ_POLLOUT));
     if (options_.busy_poll_us > 0 && room) {  // see ServerOptions::busy_poll_us
@@ -254,9 +267,9 @@ Status Server::relay(const std::atomic<bool>& scheduler_done) {
       if (e.num() == EINTR) continue;
       return internal_error(fmt::format("poll: {}", e.what()));
     }
-    forward_replies();  // first: they finish work already done
-    while ((rpc_side_.get(zmq::sockopt::events) & ZMQ_POLLOUT) && forward_message(router_, rpc_side_, nullptr)) {
-    }
+    if (items[1].revents & ZMQ_POLLIN) replies += forward_replies();  // first: they finish work already done
+    if (items[0].revents & ZMQ_POLLIN)
+      while (has_room() && forward_message(router_, rpc_side_, nullptr)) ++requests;
   }
   return {};
 }

@@ -141,7 +141,7 @@ class Server {
   // scheduler while its pipe has room, replies to the ROUTER.
   Status relay(const std::atomic<bool>& scheduler_done);
   // RPC thread: every reply the scheduler has handed back, to the ROUTER.
-  void forward_replies();
+  size_t forward_replies();  // returns how many
   void handle(zmq::message_t& identity, std::vector<zmq::message_t>& frames);
   Status dispatch(const DecodedRequest& request, Outgoing& out);
   Result<SessionRecord*> authorize(const Request& request);

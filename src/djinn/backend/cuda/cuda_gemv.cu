@@ -64,14 +64,39 @@ __device__ __forceinline__ void accumulate(const uint4& w8, const float* __restr
   }
 }
 
-// out[r, col] = sum_j round(x[r, j]) * w[col, j]: warp `col` reads weight row col in
-// 8-element chunks, lane l taking chunks l, l + 32, ...; the partial sums meet in a
+// The products of one launch: block b computes columns of product g, where
+// first_block[g] <= b < first_block[g + 1].
+template <typename T>
+struct Targets {
+  const T* w[kMaxGemvGroup];
+  float* out[kMaxGemvGroup];
+  int64_t n[kMaxGemvGroup];
+  unsigned first_block[kMaxGemvGroup + 1];
+  int count;
+};
+
+// out_g[r, col] = sum_j round(x[r, j]) * w_g[col, j]: warp `col` reads weight row col
+// in 8-element chunks, lane l taking chunks l, l + 32, ...; the partial sums meet in a
 // warp reduction.
 template <typename T, int M, int kUnroll>
 __global__ void __launch_bounds__(kGemvThreads)
-    gemv_kernel(const T* __restrict__ w, const float* __restrict__ x, int64_t n, int64_t k, float* __restrict__ out) {
+    gemv_kernel(const Targets<T> t, const float* __restrict__ x, int64_t k) {
+  // This block's product (constant indices only: indexing the parameter by a variable
+  // would copy it to local memory).
+  const T* w = t.w[0];
+  float* out = t.out[0];
+  int64_t n = t.n[0];
+  unsigned first = 0;
+#pragma unroll
+  for (int g = 1; g < kMaxGemvGroup; ++g)
+    if (g < t.count && blockIdx.x >= t.first_block[g]) {
+      w = t.w[g];
+      out = t.out[g];
+      n = t.n[g];
+      first = t.first_block[g];
+    }
   const int lane = threadIdx.x % 32;
-  const int64_t col = static_cast<int64_t>(blockIdx.x) * kGemvWarps + threadIdx.x / 32;
+  const int64_t col = static_cast<int64_t>(blockIdx.x - first) * kGemvWarps + threadIdx.x / 32;
   const auto* row = reinterpret_cast<const uint4*>(w + (col < n ? col : 0) * k);
   const int64_t chunks = k / 8;
   // Nothing writes weights during a step: their first loads go to L2 while the kernels
@@ -98,22 +123,32 @@ __global__ void __launch_bounds__(kGemvThreads)
 }
 
 template <typename T, int M>
-cudaError_t launch(const void* w, const float* x, int64_t n, int64_t k, float* out, cudaStream_t stream) {
-  const auto blocks = static_cast<unsigned>((n + kGemvWarps - 1) / kGemvWarps);
-  const auto* weights = static_cast<const T*>(w);
-  if (n <= kWideUnrollMaxColumns)
-    return detail::launch(gemv_kernel<T, M, 8>, blocks, kGemvThreads, 0, stream, weights, x, n, k, out);
-  return detail::launch(gemv_kernel<T, M, 4>, blocks, kGemvThreads, 0, stream, weights, x, n, k, out);
+cudaError_t launch(const GemvGroup& group, const float* x, int64_t k, cudaStream_t stream) {
+  Targets<T> t{};
+  t.count = group.count;
+  int64_t blocks = 0, columns = 0;
+  for (int g = 0; g < group.count; ++g) {
+    t.w[g] = static_cast<const T*>(group.w[g]);
+    t.out[g] = group.out[g];
+    t.n[g] = group.n[g];
+    t.first_block[g] = static_cast<unsigned>(blocks);
+    blocks += (group.n[g] + kGemvWarps - 1) / kGemvWarps;
+    columns += group.n[g];
+  }
+  t.first_block[group.count] = static_cast<unsigned>(blocks);
+  const auto grid = static_cast<unsigned>(blocks);
+  if (columns <= kWideUnrollMaxColumns)
+    return detail::launch(gemv_kernel<T, M, 8>, grid, kGemvThreads, 0, stream, t, x, k);
+  return detail::launch(gemv_kernel<T, M, 4>, grid, kGemvThreads, 0, stream, t, x, k);
 }
 
 template <typename T>
-cudaError_t launch_rows(const void* w, const float* x, int64_t m, int64_t n, int64_t k, float* out,
-                        cudaStream_t stream) {
+cudaError_t launch_rows(const GemvGroup& group, const float* x, int64_t m, int64_t k, cudaStream_t stream) {
   switch (m) {
-    case 1: return launch<T, 1>(w, x, n, k, out, stream);
-    case 2: return launch<T, 2>(w, x, n, k, out, stream);
-    case 3: return launch<T, 3>(w, x, n, k, out, stream);
-    case 4: return launch<T, 4>(w, x, n, k, out, stream);
+    case 1: return launch<T, 1>(group, x, k, stream);
+    case 2: return launch<T, 2>(group, x, k, stream);
+    case 3: return launch<T, 3>(group, x, k, stream);
+    case 4: return launch<T, 4>(group, x, k, stream);
   }
   return cudaErrorInvalidValue;
 }
@@ -125,11 +160,27 @@ bool gemv_supported(const void* w, Dtype dtype, const float* x, int64_t m, int64
          k % 8 == 0 && detail::aligned(w, 16) && detail::aligned(x, 16);
 }
 
+cudaError_t gemv_group(const GemvGroup& group, Dtype dtype, const float* x, int64_t m, int64_t k,
+                       cudaStream_t stream) {
+  if (group.count < 1 || group.count > kMaxGemvGroup) return cudaErrorInvalidValue;
+  int64_t blocks = 0;
+  for (int g = 0; g < group.count; ++g) {
+    if (!gemv_supported(group.w[g], dtype, x, m, group.n[g], k)) return cudaErrorInvalidValue;
+    blocks += (group.n[g] + kGemvWarps - 1) / kGemvWarps;
+  }
+  if (blocks > INT32_MAX) return cudaErrorInvalidValue;
+  if (dtype == Dtype::kF16) return launch_rows<__half>(group, x, m, k, stream);
+  return launch_rows<__nv_bfloat16>(group, x, m, k, stream);
+}
+
 cudaError_t gemv(const void* w, Dtype dtype, const float* x, int64_t m, int64_t n, int64_t k, float* out,
                  cudaStream_t stream) {
-  if (!gemv_supported(w, dtype, x, m, n, k)) return cudaErrorInvalidValue;
-  if (dtype == Dtype::kF16) return launch_rows<__half>(w, x, m, n, k, out, stream);
-  return launch_rows<__nv_bfloat16>(w, x, m, n, k, out, stream);
+  GemvGroup group;
+  group.count = 1;
+  group.w[0] = w;
+  group.out[0] = out;
+  group.n[0] = n;
+  return gemv_group(group, dtype, x, m, k, stream);
 }
 
 }  // namespace djinn::gpu
