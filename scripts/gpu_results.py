@@ -35,7 +35,6 @@ def main():
     nogemv = load(src, "bench_decode_llama13b_cuda_nogemv.json")
     swap = load(src, "bench_swap_cuda.json")
     nopdl = load(src, "bench_decode_llama13b_cuda_nopdl.json")
-    nogroup = load(src, "bench_decode_llama13b_cuda_nogroup.json")
     ostax = load(src, "bench_os_tax_cuda.json")
     gpt2 = load(src, "bench_decode_gpt2_cuda.json")
     any_result = decode or swap or ostax or gpt2
@@ -107,9 +106,6 @@ def main():
         lines.append(f"Decode products through cuBLASLt instead of the GEMV kernel (`DJINN_CUDA_GEMV=0`), same run: "
                      f"decode step {nogemv['decode_ms_per_token_p50']:.2f} ms p50 "
                      f"(GEMV: {decode['decode_ms_per_token_p50']:.2f}).")
-    if nogroup and decode:
-        lines.append(f"Each decode product launched alone (`DJINN_CUDA_GEMV_GROUP=0`), same run: decode step "
-                     f"{nogroup['decode_ms_per_token_p50']:.2f} ms p50 (grouped: {decode['decode_ms_per_token_p50']:.2f}).")
     if nopdl and decode:
         lines.append(f"Kernels launched without programmatic dependent launch (`DJINN_CUDA_PDL=0`), same run: "
                      f"decode step {nopdl['decode_ms_per_token_p50']:.2f} ms p50 "

@@ -53,11 +53,6 @@ if want decode13b; then
   bench bench_decode_llama13b_cuda_nogemv bench decode --model llama-2-13b --dtype f16 \
     --device cuda --prompt-len 2048 --n-tokens 32 --repeats 1
   unset DJINN_CUDA_GEMV
-  # And with each decode product launched alone (no grouping of products of one x).
-  export DJINN_CUDA_GEMV_GROUP=0
-  bench bench_decode_llama13b_cuda_nogroup bench decode --model llama-2-13b --dtype f16 \
-    --device cuda --prompt-len 2048 --n-tokens 32 --repeats 1
-  unset DJINN_CUDA_GEMV_GROUP
   # And with every kernel launched the plain way (no programmatic dependent launch).
   export DJINN_CUDA_PDL=0
   bench bench_decode_llama13b_cuda_nopdl bench decode --model llama-2-13b --dtype f16 \

@@ -644,55 +644,6 @@ TEST_F(CudaOps, MatMulDecodeRowsByGemvAgreeWithCpuToF32Rounding) {
         }
 }
 
-// Products of one x wait to be launched together (Note [Grouped decode products]):
-// five of them (more than a group holds), then two writing the same output (the later
-// must win, so they may not share a launch), each checked against the CPU.
-TEST_F(CudaOps, GroupedDecodeProductsKeepProgramOrder) {
-  Rng rng(370);
-  const int64_t m = 1, k = 264, n = 40;
-  for (DType w_dtype : {DType::kF16, DType::kBF16}) {
-    constexpr int kProducts = 6;
-    DeviceBuffer x(*cuda_, sz(m * k) * 4), outs(*cuda_, kProducts * sz(m * n) * 4);
-    std::vector<std::unique_ptr<DeviceBuffer>> ws;
-    std::vector<HostData> wh;
-    const std::vector<float> xh = round_through(rng.floats(m * k), w_dtype);
-    ASSERT_TRUE(cuda_->upload(x.data(), xh.data(), xh.size() * 4).ok());
-    for (int i = 0; i < kProducts; ++i) {
-      wh.push_back(stored(rng.floats(n * k), w_dtype, {n, k}));
-      ws.push_back(std::make_unique<DeviceBuffer>(*cuda_, wh.back().nbytes()));
-      ASSERT_TRUE(cuda_->upload(ws.back()->data(), wh.back().bytes.data(), wh.back().nbytes()).ok());
-    }
-    OpAttrs attrs;
-    attrs.transpose_b = true;
-    const TensorView xv = TensorView::contiguous(x.data(), {m, k}, DType::kF32);
-    auto out_view = [&](int i) {
-      return TensorView::contiguous(static_cast<float*>(outs.data()) + i * m * n, {m, n}, DType::kF32);
-    };
-    auto mm = [&](int w, int out) {
-      const TensorView wv = TensorView::contiguous(ws[w]->data(), {n, k}, w_dtype, LifetimeClass::kWeight);
-      const TensorView* inputs[] = {&xv, &wv};
-      return cuda_->run_op(OpKind::kMatMul, attrs, inputs, out_view(out), {});
-    };
-    for (int i = 0; i < 5; ++i) ASSERT_TRUE(mm(i, i).ok());  // five products of x, outputs 0..4
-    ASSERT_TRUE(mm(0, 5).ok());  // output 5 = x . w0, then overwritten:
-    ASSERT_TRUE(mm(5, 5).ok());  // output 5 = x . w5
-    ASSERT_TRUE(cuda_->synchronize().ok());
-    std::vector<float> got(kProducts * sz(m * n));
-    ASSERT_TRUE(cuda_->download(got.data(), outs.data(), got.size() * 4).ok());
-    for (int i = 0; i < kProducts; ++i) {
-      std::vector<float> wr = as_f32(wh[i]), want(sz(m * n));
-      std::vector<float> xr = xh;
-      const TensorView xrv = TensorView::contiguous(xr.data(), {m, k}, DType::kF32);
-      const TensorView wrv = TensorView::contiguous(wr.data(), {n, k}, DType::kF32);
-      const TensorView* ref_in[] = {&xrv, &wrv};
-      ASSERT_TRUE(cpu_->run_op(OpKind::kMatMul, attrs, ref_in, TensorView::contiguous(want.data(), {m, n}, DType::kF32), {}).ok());
-      for (size_t e = 0; e < want.size(); ++e)
-        ASSERT_NEAR(got[sz(i * m * n) + e], want[e], 1e-4 * (1.0 + std::fabs(want[e])))
-            << dname(w_dtype) << ", product " << i << ", element " << e;
-    }
-  }
-}
-
 // Two 16-bit GEMMs of one input narrow it once (Note [Narrowed activations] in
 // cuda_backend.h); an op that writes the input in between, or a GEMM of another input,
 // must make the next GEMM narrow afresh. One sequence, no copy in between (a copy
@@ -1451,24 +1402,20 @@ TEST_P(CudaCapture, CapturedStepsEqualUncapturedBitForBit) {
   EXPECT_EQ(std::memcmp(on.last_logits.data(), off.last_logits.data(), on.last_logits.size() * sizeof(float)), 0);
 }
 
-// Grouped decode products (Note [Grouped decode products]: a GEMV waits for the next
-// product of its x, and every other call launches it first) and programmatic
-// dependent launch (every kernel waits on the device for the one before) change when
-// kernels launch, never what they compute: a run with both off equals one with both on,
-// bit for bit. A missed flush (a product launched after a kernel that reads its output)
-// or a kernel that reads before its wait would show here.
-TEST_P(CudaCapture, GroupedProductsAndEarlyLaunchesEqualPlainLaunchesBitForBit) {
-  ::setenv("DJINN_CUDA_GEMV_GROUP", "0", 1);
+// Programmatic dependent launch (every kernel may be scheduled before the one before
+// it ends, and waits for it on the device) changes when kernels start, never what they
+// compute: a run with it off equals one with it on, bit for bit. A kernel that touched
+// memory before its wait would show here.
+TEST_P(CudaCapture, EarlyLaunchesEqualPlainLaunchesBitForBit) {
   ::setenv("DJINN_CUDA_PDL", "0", 1);
   const Trace plain = run(true, GetParam());
-  ::unsetenv("DJINN_CUDA_GEMV_GROUP");
   ::unsetenv("DJINN_CUDA_PDL");
-  const Trace grouped = run(true, GetParam());
+  const Trace early = run(true, GetParam());
   ::unsetenv("DJINN_CUDA_GRAPHS");
   ASSERT_FALSE(plain.tokens.empty());
-  EXPECT_EQ(grouped.tokens, plain.tokens);
-  ASSERT_EQ(grouped.last_logits.size(), plain.last_logits.size());
-  EXPECT_EQ(std::memcmp(grouped.last_logits.data(), plain.last_logits.data(), plain.last_logits.size() * sizeof(float)), 0);
+  EXPECT_EQ(early.tokens, plain.tokens);
+  ASSERT_EQ(early.last_logits.size(), plain.last_logits.size());
+  EXPECT_EQ(std::memcmp(early.last_logits.data(), plain.last_logits.data(), plain.last_logits.size() * sizeof(float)), 0);
 }
 
 INSTANTIATE_TEST_SUITE_P(Presets, CudaCapture, ::testing::Values("llama-tiny", "gpt2-tiny"));

@@ -92,14 +92,6 @@ Status device_error_status(const gpu::DeviceError& e) {
 
 }  // namespace
 
-// Note [Grouped decode products] (cuda_backend.h).
-struct PendingGemv {
-  gpu::GemvGroup group;
-  gpu::Dtype dtype = gpu::Dtype::kF16;
-  const float* x = nullptr;
-  int64_t m = 0, k = 0;
-};
-
 Result<std::unique_ptr<CudaBackend>> CudaBackend::create() {
   std::unique_ptr<CudaBackend> backend(new CudaBackend());
   DJINN_RETURN_IF_ERROR(backend->init());
@@ -122,12 +114,6 @@ Status CudaBackend::init() {
   // DJINN_CUDA_GEMV=0: decode products through cuBLAS too (the baseline of the GEMV).
   if (const char* env = std::getenv("DJINN_CUDA_GEMV"); env != nullptr && std::string_view(env) == "0")
     gemv_enabled_ = false;
-  // DJINN_CUDA_GEMV_GROUP=0: each decode product launched alone (Note [Grouped decode
-  // products]); never grouped while ops are profiled one by one.
-  if (const char* env = std::getenv("DJINN_CUDA_GEMV_GROUP"); env != nullptr && std::string_view(env) == "0")
-    group_gemv_ = false;
-  if (profile_.enabled) group_gemv_ = false;
-  pending_gemv_ = std::make_unique<PendingGemv>();
   // DJINN_CUDA_PDL=0: kernels launched the plain way (Note [Programmatic dependent
   // launch] in cuda_common.cuh); process-wide, as the latest backend made says.
   {
@@ -163,7 +149,6 @@ CudaBackend::~CudaBackend() {
   auto check = [](cudaError_t error, const char* what) {
     if (error != cudaSuccess) spdlog::warn("cuda backend teardown: {}: {}", what, cudaGetErrorString(error));
   };
-  if (pending_gemv_ != nullptr) *pending_gemv_ = {};  // never launched: nothing will read its outputs
   for (CUstream_st* stream : {compute_, swap_out_, swap_in_})
     if (stream != nullptr) check(cudaStreamSynchronize(stream), "cudaStreamSynchronize");
   drop_captures();
@@ -208,9 +193,6 @@ void* CudaBackend::allocate(size_t bytes, size_t alignment) {
 
 void CudaBackend::deallocate(void* pointer) {
   if (pointer == nullptr) return;
-  // A pending product may read this memory (Note [Grouped decode products]).
-  if (const Status flushed = flush_gemv(); !flushed.ok())
-    spdlog::warn("cuda backend: a pending product failed to launch: {}", flushed.to_string());
   {
     const std::lock_guard<std::mutex> lock(over_aligned_mutex_);
     const auto it = over_aligned_.find(pointer);
@@ -269,7 +251,6 @@ Status CudaBackend::issue_copies(std::span<const CopyRegion> regions, CopyQueue 
 }
 
 Status CudaBackend::copy(std::span<const CopyRegion> regions, CopyQueue queue) {
-  DJINN_RETURN_IF_ERROR(flush_gemv());  // Note [Grouped decode products]
   // A compute-queue copy may write a narrowed GEMM input's source. Swap copies write
   // only arenas and host memory, never an activation (and run on other threads).
   if (queue == CopyQueue::kCompute) forget_narrowed();
@@ -348,7 +329,6 @@ class CudaCopyEvent final : public QueueEvent {
 }  // namespace
 
 Result<std::shared_ptr<QueueEvent>> CudaBackend::copy_async(std::span<const CopyRegion> regions, CopyQueue queue) {
-  DJINN_RETURN_IF_ERROR(flush_gemv());  // Note [Grouped decode products]
   if (queue == CopyQueue::kCompute) return invalid_argument("copy_async takes a swap queue, not the compute queue");
   if (capturing_) return invalid_argument("copy_async while a step is being captured (swaps go between steps)");
   cudaStream_t stream = stream_for(queue);
@@ -424,7 +404,6 @@ bool CudaBackend::span_copy_fits(std::span<const CopyRegion> regions, CopyQueue 
 }
 
 Status CudaBackend::compute_waits_for(QueueEvent& event) {
-  DJINN_RETURN_IF_ERROR(flush_gemv());  // Note [Grouped decode products]
   auto* copy = dynamic_cast<CudaCopyEvent*>(&event);
   if (copy == nullptr) return event.wait();  // not one of ours: wait on the host
   DJINN_CUDA_RETURN_IF_ERROR(cudaStreamWaitEvent(compute_, copy->end(), 0));
@@ -432,14 +411,12 @@ Status CudaBackend::compute_waits_for(QueueEvent& event) {
 }
 
 Status CudaBackend::zero(void* dst, size_t bytes) {
-  DJINN_RETURN_IF_ERROR(flush_gemv());  // Note [Grouped decode products]
   forget_narrowed();
   if (bytes > 0) DJINN_CUDA_RETURN_IF_ERROR(cudaMemsetAsync(dst, 0, bytes, compute_));
   return {};
 }
 
 Status CudaBackend::synchronize() {
-  DJINN_RETURN_IF_ERROR(flush_gemv());  // Note [Grouped decode products]
   DJINN_CUDA_RETURN_IF_ERROR(
       cudaMemcpyAsync(error_host_, error_, sizeof(gpu::DeviceError), cudaMemcpyDeviceToHost, compute_));
   DJINN_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(compute_));
@@ -513,9 +490,10 @@ Status CudaBackend::matmul(const TensorView& x, const TensorView& w, bool transp
   if (m > INT_MAX || n > INT_MAX || k > INT_MAX) return unsupported(op, x, "dimensions beyond 2^31");
   // A decode step's few rows against nn.Linear weights: the GEMV kernel, which rounds
   // x itself (no narrowing kernel) and streams the weight faster than cuBLAS does.
-  if (transpose_b && gemv_enabled_ && gpu::gemv_supported(w.data, w_dtype, x.as<const float>(), m, n, k))
-    return defer_gemv(x, w, static_cast<int>(w_dtype), out);
-  DJINN_RETURN_IF_ERROR(flush_gemv());
+  if (transpose_b && gemv_enabled_ && gpu::gemv_supported(w.data, w_dtype, x.as<const float>(), m, n, k)) {
+    DJINN_CUDA_RETURN_IF_ERROR(gpu::gemv(w.data, w_dtype, x.as<const float>(), m, n, k, out.as<float>(), compute_));
+    return {};
+  }
   // Row-major out[m, n] = x[m, k] . op(w) is column-major out^T[n, m] = op(w)^T . x^T:
   // w's row-major buffer read column-major is w^T, so op(w)^T is w's buffer itself
   // (w [k, n]: OP_N, ld n) or its transpose (w [n, k], transpose_b: OP_T, ld k).
@@ -548,48 +526,6 @@ Status CudaBackend::matmul(const TensorView& x, const TensorView& w, bool transp
   DJINN_CUBLAS_RETURN_IF_ERROR(cublasGemmEx(cublas_, op_w, CUBLAS_OP_N, ni, mi, ki, &one, w.data, type, ld_w, x16, type,
                                             ki, &zero_value, out.data, CUDA_R_32F, ni, CUBLAS_COMPUTE_32F,
                                             CUBLAS_GEMM_DEFAULT));
-  return {};
-}
-
-namespace {
-bool overlaps(const void* a, size_t a_bytes, const void* b, size_t b_bytes) {
-  const auto* a0 = static_cast<const std::byte*>(a);
-  const auto* b0 = static_cast<const std::byte*>(b);
-  return a_bytes > 0 && b_bytes > 0 && a0 < b0 + b_bytes && b0 < a0 + a_bytes;
-}
-}  // namespace
-
-Status CudaBackend::defer_gemv(const TensorView& x, const TensorView& w, int w_dtype, const TensorView& out) {
-  const auto dtype = static_cast<gpu::Dtype>(w_dtype);
-  PendingGemv& p = *pending_gemv_;
-  const int64_t m = x.dim(0), k = x.dim(1), n = out.dim(1);
-  const bool out_overlaps_x = overlaps(out.data, out.nbytes(), x.data, x.nbytes());
-  bool joins = p.group.count > 0 && p.group.count < gpu::kMaxGemvGroup && p.x == x.as<const float>() && p.m == m &&
-               p.k == k && p.dtype == dtype && !out_overlaps_x;
-  for (int g = 0; joins && g < p.group.count; ++g)
-    joins = !overlaps(out.data, out.nbytes(), p.group.out[g], static_cast<size_t>(m * p.group.n[g]) * sizeof(float));
-  if (!joins) {
-    DJINN_RETURN_IF_ERROR(flush_gemv());
-    p.x = x.as<const float>();
-    p.m = m;
-    p.k = k;
-    p.dtype = dtype;
-  }
-  p.group.w[p.group.count] = w.data;
-  p.group.out[p.group.count] = out.as<float>();
-  p.group.n[p.group.count] = n;
-  ++p.group.count;
-  if (!group_gemv_ || out_overlaps_x) return flush_gemv();
-  return {};
-}
-
-Status CudaBackend::flush_gemv() {
-  if (pending_gemv_ == nullptr) return {};  // init() has not got that far
-  PendingGemv& p = *pending_gemv_;
-  if (p.group.count == 0) return {};
-  const gpu::GemvGroup group = p.group;
-  p.group = {};
-  DJINN_CUDA_RETURN_IF_ERROR(gpu::gemv_group(group, p.dtype, p.x, p.m, p.k, compute_));
   return {};
 }
 
@@ -740,7 +676,6 @@ void CudaBackend::log_profile() const {
 
 Status CudaBackend::dispatch_op(OpKind op, const OpAttrs& a, std::span<const TensorView* const> in,
                                 const TensorView& out) {
-  if (op != OpKind::kMatMul) DJINN_RETURN_IF_ERROR(flush_gemv());  // Note [Grouped decode products]
   // Before the op (a failed op may have written part of its output). An op that writes
   // KV caches besides its output (batched_decode_attention) forgets outright.
   if (op_has_trait(op, kWritesKv) && !op_has_trait(op, kAliasesInput0)) forget_narrowed();
@@ -871,7 +806,6 @@ Status CudaBackend::dispatch_op(OpKind op, const OpAttrs& a, std::span<const Ten
 // ---------------------------------------------------------------------------------
 
 Status CudaBackend::begin_capture() {
-  DJINN_RETURN_IF_ERROR(flush_gemv());  // Note [Grouped decode products]
   if (capturing_) return internal_error("cuda backend: begin_capture while capturing");
   DJINN_CUDA_RETURN_IF_ERROR(cudaStreamBeginCapture(compute_, cudaStreamCaptureModeThreadLocal));
   capturing_ = true;
@@ -880,7 +814,6 @@ Status CudaBackend::begin_capture() {
 }
 
 Result<uint64_t> CudaBackend::end_capture() {
-  DJINN_RETURN_IF_ERROR(flush_gemv());  // Note [Grouped decode products]
   if (!capturing_) return internal_error("cuda backend: end_capture without begin_capture");
   capturing_ = false;
   forget_narrowed();  // nothing of the capture has run yet
@@ -896,7 +829,6 @@ Result<uint64_t> CudaBackend::end_capture() {
 }
 
 void CudaBackend::abort_capture() {
-  *pending_gemv_ = {};  // its ops belonged to the aborted capture
   if (!capturing_) return;
   capturing_ = false;
   forget_narrowed();
@@ -907,7 +839,6 @@ void CudaBackend::abort_capture() {
 }
 
 Result<bool> CudaBackend::replay(uint64_t capture) {
-  DJINN_RETURN_IF_ERROR(flush_gemv());  // Note [Grouped decode products]
   auto it = captures_.find(capture);
   if (it == captures_.end()) return false;
   forget_narrowed();

@@ -105,24 +105,7 @@ class CudaBackend final : public Backend {
   // at most span_copy_max_bytes_ in all, 16-byte aligned, the host side mapped memory.
   bool span_copy_fits(std::span<const CopyRegion> regions, CopyQueue queue) const;
 
-
   Status matmul(const TensorView& x, const TensorView& w, bool transpose_b, const TensorView& out);
-
-  // Note [Grouped decode products]: a decode step multiplies one activation by several
-  // weights in a row (q, k and v projections of the normed x; gate and up of the
-  // normed h). Each alone is a short GEMV whose time is mostly its ramp (5120 x 5120:
-  // 3.0 TB/s on an H200 against 4.0 TB/s for 13824 x 5120), so a GEMV-shaped matmul is
-  // not launched at once: it waits in pending_gemv_, the next matmul of the same x
-  // joins it, and anything else launches the group first (flush_gemv) — every other op,
-  // copy, zero, synchronize, capture boundary, replay, swap copy, compute wait and
-  // deallocate. So stream order is kept: nothing between the grouped products reads
-  // what they write or writes what they read (a product whose output overlaps x or an
-  // earlier output of the group is not grouped). Compute thread only; off in the op
-  // profile (each op timed alone) and with DJINN_CUDA_GEMV_GROUP=0.
-  std::unique_ptr<struct PendingGemv> pending_gemv_;  // (defined in the .cc: CUDA types)
-  bool group_gemv_ = true;
-  Status defer_gemv(const TensorView& x, const TensorView& w, int w_dtype, const TensorView& out);
-  Status flush_gemv();
   Status attention(const TensorView& q, const TensorView& k_cache, const TensorView& v_cache,
                    const TensorView& positions, const OpAttrs& attrs, const TensorView& out);
   Status batched_decode_attention(const TensorView& q, const TensorView& k_new, const TensorView& v_new,

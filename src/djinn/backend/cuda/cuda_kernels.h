@@ -91,18 +91,6 @@ inline constexpr int64_t kMaxGemvRows = 4;
 bool gemv_supported(const void* w, Dtype dtype, const float* x, int64_t m, int64_t n, int64_t k);
 cudaError_t gemv(const void* w, Dtype dtype, const float* x, int64_t m, int64_t n, int64_t k, float* out,
                  cudaStream_t stream);
-// Several products of one x in one launch (a decode step's q / k / v projections, its
-// gate / up): out[g] [m, n[g]] = round(x) . w[g]^T for g < count, each as gemv above,
-// all of `dtype`. No out[g] may overlap x or another out.
-inline constexpr int kMaxGemvGroup = 4;
-struct GemvGroup {
-  int count = 0;
-  const void* w[kMaxGemvGroup] = {};
-  float* out[kMaxGemvGroup] = {};
-  int64_t n[kMaxGemvGroup] = {};
-};
-cudaError_t gemv_group(const GemvGroup& group, Dtype dtype, const float* x, int64_t m, int64_t k,
-                       cudaStream_t stream);
 
 // ---------------------------------------------------------------------------------
 // Gathers, conversions, elementwise
