@@ -139,6 +139,27 @@ TEST(CliBench, DecodePrintsJson) {
   EXPECT_EQ(out["samples"]["decode_step_ms"].size(), 4u);
 }
 
+// bench os-tax end to end on both transports: a server process, the plain-socket
+// floor and the bare ZeroMQ echo process each answer, and the micro_add row carries
+// every field the issue names. (Numbers are printed, never judged here.)
+TEST(CliBench, OsTaxQuickPrintsEveryReferenceOnBothTransports) {
+  for (const char* transport : {"tcp", "ipc"}) {
+    SCOPED_TRACE(transport);
+    const CommandResult r = run_djinn(std::string("bench os-tax --quick --iterations 20 --cold-repeats 1 --json --listen ") +
+                                      transport);
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    const nlohmann::json out = nlohmann::json::parse(r.out);
+    EXPECT_EQ(out["transport"], transport);
+    EXPECT_GT(out["floor_us_p50"].get<double>(), 0.0);
+    EXPECT_GT(out["zmq_echo_us_p50"].get<double>(), 0.0);
+    ASSERT_EQ(out["rows"].size(), 1u);
+    const nlohmann::json& row = out["rows"][0];
+    EXPECT_EQ(row["op"], "micro_add");
+    for (const char* key : {"native_us_p50", "cold_us", "warm_us_p50", "warm_us_p99"}) EXPECT_GT(row[key].get<double>(), 0.0) << key;
+    EXPECT_TRUE(row.contains("overhead_us_p50") && row.contains("overhead_pct"));
+  }
+}
+
 TEST(CliRun, ReadableReportOnAPreset) {
   const CommandResult r = run_djinn("run --model llama-tiny --prompt-len 5 --max-new-tokens 3");
   ASSERT_EQ(r.exit_code, 0) << r.err;
