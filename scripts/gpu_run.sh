@@ -100,7 +100,7 @@ d = json.load(open(sys.argv[1]))
 print(sys.argv[1].split("/")[-1], {k: d[k] for k in ("prefill_ms", "decode_ms_per_token_p50", "targets") if k in d})
 s = d.get("decode_during_swaps") or {}
 if s: print("  during swaps", {k: s[k] for k in ("decode_ms_p50_quiet", "decode_ms_p50_during_swaps", "slowdown_pct", "swap_out_gbps", "swap_in_gbps")})
-for r in d.get("rows", []) if d.get("benchmark") == "os-tax" else []: print("  ", r)
+for r in d.get("rows", []) if d.get("benchmark") == "os-tax" else []: print("  ", {k: v for k, v in r.items() if k != "samples"})
 for r in d.get("batched", []): print("  batch", r["batch"], round(r["step_ms_p50"], 3), "ms", round(r.get("pct_of_copy_bandwidth", 0), 1), "%")
 for r in d.get("rows", []) if d.get("benchmark") == "swap" else []: print("  ", r["bytes"], {k: round(v, 1) for k, v in r.items() if k.endswith("gbps")})
 PY

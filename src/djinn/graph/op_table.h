@@ -16,6 +16,8 @@
 //   rmsnorm     (x[rows, H], gamma[H]) eps               -> [rows, H]
 //   gelu_new    (x)                                      -> same shape (tanh approximation)
 //   silu        (x)                                      -> same shape
+//   silu_mul    (a[rows, N], b[rows, N])                 -> [rows, N]: silu(a) * b (a SwiGLU MLP's gate
+//               times its up projection: one pass instead of silu then mul)
 //   rope        (x[rows, heads*head_dim], pos[rows] i32) head_dim, rope_theta -> same shape
 //               (rotate-half layout of Hugging Face Llama)
 //   softmax     (x[rows, N])                             -> [rows, N], over the last dim
@@ -61,4 +63,5 @@
   X(Rows, "rows", 1, 0)                                \
   X(ConcatRows, "concat_rows", 2, 0)                   \
   X(LastRow, "last_row", 1, 0)                         \
-  X(Argmax, "argmax", 1, 0)
+  X(Argmax, "argmax", 1, 0)                            \
+  X(SiluMul, "silu_mul", 2, kElementwise)

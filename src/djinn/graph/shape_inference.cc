@@ -47,6 +47,10 @@ Result<ValueType> infer_output_type(OpKind op, const OpAttrs& attrs, std::span<c
       if (!same && !row_broadcast) return mismatch(op, in, "shapes do not broadcast");
       return ValueType{DType::kF32, in[0].shape};
     }
+    case OpKind::kSiluMul:
+      if (!float_matrix(in[0]) || in[1].dtype != DType::kF32 || !(in[0].shape == in[1].shape))
+        return mismatch(op, in, "needs two f32 matrices of one shape");
+      return ValueType{DType::kF32, in[0].shape};
     case OpKind::kLayerNorm:
     case OpKind::kRmsNorm: {
       if (!float_matrix(in[0])) return mismatch(op, in, "needs x[rows, H]");

@@ -42,6 +42,7 @@ double op_flops(const Node& node, const std::vector<Shape>& shapes, const Symbol
     case OpKind::kSoftmax:
     case OpKind::kGeluNew:
     case OpKind::kSilu:
+    case OpKind::kSiluMul:
     case OpKind::kRope: return 5.0 * out_elements;
     case OpKind::kAdd:
     case OpKind::kMul:

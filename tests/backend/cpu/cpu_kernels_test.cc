@@ -623,6 +623,21 @@ TEST(CpuSilu, ExtremesStayFinite) {
   EXPECT_FLOAT_EQ(out[4], 1000.0f);
 }
 
+// silu_mul (a SwiGLU MLP's gate times up) is silu then mul in one pass: bit for bit.
+TEST(CpuSiluMul, EqualsSiluThenMulBitForBit) {
+  uint32_t seed = 1450;
+  for (int64_t rows : {1, 3, 17})
+    for (int64_t cols : {1, 7, 79, 1000}) {
+      auto a = random_floats(sz(rows * cols), seed++, -20, 20);
+      auto b = random_floats(sz(rows * cols), seed++, -4, 4);
+      std::vector<float> fused(a.size()), gate(a.size()), want(a.size());
+      ASSERT_TRUE(cpu::silu_mul(f32_view(a, {rows, cols}), f32_view(b, {rows, cols}), f32_view(fused, {rows, cols})).ok());
+      ASSERT_TRUE(cpu::silu(f32_view(a, {rows, cols}), f32_view(gate, {rows, cols})).ok());
+      ASSERT_TRUE(cpu::mul(f32_view(gate, {rows, cols}), f32_view(b, {rows, cols}), f32_view(want, {rows, cols})).ok());
+      EXPECT_EQ(std::memcmp(fused.data(), want.data(), want.size() * sizeof(float)), 0) << rows << "x" << cols;
+    }
+}
+
 // ---------------------------------------------------------------------------------
 // softmax
 // ---------------------------------------------------------------------------------

@@ -99,6 +99,7 @@ constexpr const char* covering_test(OpKind op) {
     case OpKind::kConcatRows: return "CudaOps.ConcatRows*";
     case OpKind::kLastRow: return "CudaOps.LastRow*";
     case OpKind::kArgmax: return "CudaOps.Argmax*";
+    case OpKind::kSiluMul: return "CudaOps.SiluMul*";
   }
   return "";
 }
@@ -543,6 +544,15 @@ TEST_F(CudaOps, AsyncSpanCopiesRoundTripByKernelAndByCopyEngine) {
   for (size_t i = 0; i < 24; ++i) aligned.push_back({i * 100'000 / 16 * 16, 4096 + 16 * i});
   for (size_t i = 0; i < 24; ++i) unaligned.push_back({i * 100'001 + 3, 4093 + i});
   round_trip(aligned, registered);    // SM threads
+  {  // the host side over two adjacent registrations (a pool registers chunk by chunk)
+    std::vector<std::byte> chunked(kDeviceBytes);
+    const size_t split = 50'000 / 16 * 16;  // inside the packed spans (~100 KB)
+    ASSERT_TRUE(cuda_->pin_host(chunked.data(), split).ok());
+    ASSERT_TRUE(cuda_->pin_host(chunked.data() + split, chunked.size() - split).ok());
+    round_trip(aligned, chunked);
+    cuda_->unpin_host(chunked.data() + split);
+    cuda_->unpin_host(chunked.data());
+  }
   round_trip(unaligned, registered);  // copy engines: not 16-byte aligned
   round_trip(aligned, plain);         // copy engines: host memory not registered
   std::vector<std::pair<size_t, size_t>> many;  // more spans than a kernel table holds
@@ -796,6 +806,17 @@ TEST_F(CudaOps, GeluNewAndSiluElementwise) {
         c.inputs = {f32_data(rng.floats(rows * cols, -8, 8), {rows, cols})};
         expect_matches_cpu(c, kF32Tol);
       }
+}
+
+TEST_F(CudaOps, SiluMulElementwise) {
+  Rng rng(950);
+  for (int64_t rows : {1, 3, 17, 300})
+    for (int64_t cols : {1, 7, 79, 513, 13824}) {
+      SCOPED_TRACE(::testing::Message() << rows << "x" << cols);
+      OpCase c{OpKind::kSiluMul, {}, {}, {rows, cols}, DType::kF32, {rows, 0}};
+      c.inputs = {f32_data(rng.floats(rows * cols, -8, 8), {rows, cols}), f32_data(rng.floats(rows * cols, -4, 4), {rows, cols})};
+      expect_matches_cpu(c, kF32Tol);
+    }
 }
 
 // ---------------------------------------------------------------------------------

@@ -26,6 +26,7 @@ Status CpuBackend::run_op(OpKind op, const OpAttrs& a, std::span<const TensorVie
     case OpKind::kRmsNorm: return cpu::rmsnorm(*in[0], *in[1], a.eps, out);
     case OpKind::kGeluNew: return cpu::gelu_new(*in[0], out);
     case OpKind::kSilu: return cpu::silu(*in[0], out);
+    case OpKind::kSiluMul: return cpu::silu_mul(*in[0], *in[1], out);
     case OpKind::kRope: return cpu::rope(*in[0], *in[1], a.head_dim, a.rope_theta, out);
     case OpKind::kSoftmax: return cpu::softmax(*in[0], out);
     case OpKind::kSlice: return cpu::slice(*in[0], a.start, a.length, out);

@@ -162,6 +162,17 @@ Status silu(const TensorView& x, const TensorView& out) {
   return {};
 }
 
+Status silu_mul(const TensorView& a, const TensorView& b, const TensorView& out) {
+  const float* x = a.as<const float>();
+  const float* y = b.as<const float>();
+  float* o = out.as<float>();
+  for (int64_t i = 0, n = a.numel(); i < n; ++i) {
+    const float gate = x[i] / (1.0f + std::exp(-x[i]));
+    o[i] = gate * y[i];
+  }
+  return {};
+}
+
 Status rope(const TensorView& x, const TensorView& positions, int64_t head_dim, float theta, const TensorView& out) {
   const int64_t rows = x.dim(0), width = x.dim(1), half = head_dim / 2;
   const auto* pos = positions.as<const int32_t>();

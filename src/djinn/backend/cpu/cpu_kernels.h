@@ -25,6 +25,8 @@ Status layernorm(const TensorView& x, const TensorView& gamma, const TensorView&
 Status rmsnorm(const TensorView& x, const TensorView& gamma, float eps, const TensorView& out);
 Status gelu_new(const TensorView& x, const TensorView& out);
 Status silu(const TensorView& x, const TensorView& out);
+// out = silu(a) * b elementwise, each element exactly as silu then mul would give it.
+Status silu_mul(const TensorView& a, const TensorView& b, const TensorView& out);
 Status rope(const TensorView& x, const TensorView& positions, int64_t head_dim, float theta, const TensorView& out);
 Status softmax(const TensorView& x, const TensorView& out);
 Status slice(const TensorView& x, int64_t start, int64_t length, const TensorView& out);

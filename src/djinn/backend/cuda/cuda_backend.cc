@@ -391,14 +391,21 @@ bool CudaBackend::span_copy_fits(std::span<const CopyRegion> regions, CopyQueue 
     host_high = std::max(host_high, host + r.bytes - 1);
   }
   if (count == 0 || count > static_cast<size_t>(gpu::kMaxSpanCopies) || total > span_copy_max_bytes_) return false;
-  // The host side must be registered (pinned and mapped) memory, at both ends.
-  for (const std::byte* p : {host_low, host_high}) {
-    cudaPointerAttributes attributes{};
-    if (cudaPointerGetAttributes(&attributes, p) != cudaSuccess) {
-      (void)cudaGetLastError();
-      return false;
-    }
-    if (attributes.type != cudaMemoryTypeHost || attributes.devicePointer != p) return false;
+  // The host side must be registered (pinned and mapped) memory throughout.
+  return registered(host_low, host_high + 1);
+}
+
+bool CudaBackend::registered(const std::byte* begin, const std::byte* end) const {
+  std::lock_guard lock(registered_mutex_);
+  auto it = registered_.upper_bound(begin);
+  if (it == registered_.begin()) return false;
+  --it;  // the last range that starts at or before `begin`
+  const std::byte* covered = it->first + it->second;
+  if (covered <= begin) return false;
+  while (covered < end) {  // adjacent ranges (a pool registered chunk by chunk) continue it
+    ++it;
+    if (it == registered_.end() || it->first != covered) return false;
+    covered = it->first + it->second;
   }
   return true;
 }
@@ -433,10 +440,16 @@ Status CudaBackend::pin_host(void* pointer, size_t bytes) {
   if (bytes == 0) return {};
   // Mapped: small swaps move these bytes with SM loads and stores (copy_spans).
   DJINN_CUDA_RETURN_IF_ERROR(cudaHostRegister(pointer, bytes, cudaHostRegisterMapped | cudaHostRegisterPortable));
+  std::lock_guard lock(registered_mutex_);
+  registered_[static_cast<const std::byte*>(pointer)] = bytes;
   return {};
 }
 
 void CudaBackend::unpin_host(void* pointer) {
+  {
+    std::lock_guard lock(registered_mutex_);
+    registered_.erase(static_cast<const std::byte*>(pointer));
+  }
   const cudaError_t error = cudaHostUnregister(pointer);
   if (error != cudaSuccess) spdlog::warn("cuda backend: cudaHostUnregister failed: {}", cudaGetErrorString(error));
 }
@@ -730,6 +743,14 @@ Status CudaBackend::dispatch_op(OpKind op, const OpAttrs& a, std::span<const Ten
       DJINN_RETURN_IF_ERROR(check_f32(op, out, "out"));
       const gpu::UnaryOp kind = op == OpKind::kGeluNew ? gpu::UnaryOp::kGeluNew : gpu::UnaryOp::kSilu;
       DJINN_CUDA_RETURN_IF_ERROR(gpu::unary(kind, in[0]->as<const float>(), out.as<float>(), in[0]->numel(), compute_));
+      return {};
+    }
+    case OpKind::kSiluMul: {
+      DJINN_RETURN_IF_ERROR(check_f32(op, *in[0], "a"));
+      DJINN_RETURN_IF_ERROR(check_f32(op, *in[1], "b"));
+      DJINN_RETURN_IF_ERROR(check_f32(op, out, "out"));
+      DJINN_CUDA_RETURN_IF_ERROR(gpu::silu_mul(in[0]->as<const float>(), in[1]->as<const float>(), out.as<float>(),
+                                               in[0]->numel(), compute_));
       return {};
     }
     case OpKind::kRope: {

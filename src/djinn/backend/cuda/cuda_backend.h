@@ -104,6 +104,15 @@ class CudaBackend final : public Backend {
   // Whether a swap's regions go by copy_spans (SM threads) rather than the copy engines:
   // at most span_copy_max_bytes_ in all, 16-byte aligned, the host side mapped memory.
   bool span_copy_fits(std::span<const CopyRegion> regions, CopyQueue queue) const;
+  // Host memory pin_host registered (mapped, at the same address on the device: checked
+  // at init through cudaDevAttrCanUseHostPointerForRegisteredMem), begin -> bytes. A
+  // small swap asks this map rather than the driver: two cudaPointerGetAttributes per
+  // swap were a few microseconds of a 1 MiB swap's ~30. Threads: any (the host pool
+  // registers its chunks from a thread of its own).
+  mutable std::mutex registered_mutex_;
+  std::map<const std::byte*, size_t> registered_;
+  // Whether [begin, end) lies in registered memory (one range or adjacent ones).
+  bool registered(const std::byte* begin, const std::byte* end) const;
 
   Status matmul(const TensorView& x, const TensorView& w, bool transpose_b, const TensorView& out);
   Status attention(const TensorView& q, const TensorView& k_cache, const TensorView& v_cache,

@@ -4,6 +4,7 @@
 // and row length allows it, else a scalar path with the same arithmetic.
 #include <algorithm>
 #include <atomic>
+#include <cmath>
 #include "djinn/backend/cuda/cuda_common.cuh"
 #include "djinn/backend/cuda/cuda_kernels.h"
 
@@ -171,6 +172,23 @@ cudaError_t launch_unary(const float* x, float* out, int64_t count, cudaStream_t
   return cudaGetLastError();
 }
 
+// out = silu(a) * b (silu_mul), as activate<kSilu> then one multiply.
+template <bool kVec>
+__global__ void __launch_bounds__(kThreads) silu_mul_kernel(const float* a, const float* b, float* out, int64_t count) {
+  detail::await_prior_grids();
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  const int64_t first = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  constexpr auto silu = activate<UnaryOp::kSilu>;
+  if constexpr (kVec) {
+    for (int64_t v = first; v < count / 4; v += stride) {
+      const float4 x = load4(a + 4 * v), y = load4(b + 4 * v);
+      store4(out + 4 * v, make_float4(silu(x.x) * y.x, silu(x.y) * y.y, silu(x.z) * y.z, silu(x.w) * y.w));
+    }
+  } else {
+    for (int64_t i = first; i < count; i += stride) out[i] = silu(a[i]) * b[i];
+  }
+}
+
 // ---------------------------------------------------------------------------------
 // layernorm / rmsnorm: one block per row; the row is read from L1/L2 on each pass
 // ---------------------------------------------------------------------------------
@@ -272,7 +290,7 @@ __device__ __forceinline__ void better_of(float& value, int32_t& index, float ot
   }
 }
 
-__global__ void __launch_bounds__(kThreads) argmax_kernel(const float* x, int64_t cols, int32_t* out) {
+__global__ void __launch_bounds__(kRowThreads) argmax_kernel(const float* x, int64_t cols, int32_t* out) {
   detail::await_prior_grids();
   __shared__ float values[32];
   __shared__ int32_t indices[32];
@@ -309,9 +327,17 @@ __global__ void __launch_bounds__(kThreads) argmax_kernel(const float* x, int64_
 // rope: one block per row; the row's cos / sin table in shared memory
 // ---------------------------------------------------------------------------------
 
+// The inverse frequencies of a head_dim up to 2 * kRopeTablePairs, computed on the host
+// (double, as the CPU reference) and passed by value: computing them per block put a
+// double-precision pow on every decode step's critical path, twice per layer.
+constexpr int kRopeTablePairs = 128;
+struct RopeTable {
+  float inv_freq[kRopeTablePairs];
+};
+
 __global__ void __launch_bounds__(kRowThreads)
-    rope_kernel(const float* x, const int32_t* positions, int64_t width, int64_t head_dim, float theta, float* out,
-                DeviceError* error) {
+    rope_kernel(const float* x, const int32_t* positions, int64_t width, int64_t head_dim, float theta,
+                const RopeTable given, bool use_given, float* out, DeviceError* error) {
   detail::await_prior_grids();
   extern __shared__ float table[];  // cos [half], then sin [half]
   const int64_t row = blockIdx.x, half = head_dim / 2;
@@ -325,8 +351,10 @@ __global__ void __launch_bounds__(kRowThreads)
   for (int64_t i = threadIdx.x; i < half; i += blockDim.x) {
     // Same order of operations as the CPU (and Hugging Face): inverse frequency in
     // double, rounded to f32; the angle in f32; then cos / sin.
-    const float inv_freq = static_cast<float>(
-        1.0 / pow(static_cast<double>(theta), static_cast<double>(2 * i) / static_cast<double>(head_dim)));
+    const float inv_freq =
+        use_given ? given.inv_freq[i]
+                  : static_cast<float>(1.0 / pow(static_cast<double>(theta),
+                                                 static_cast<double>(2 * i) / static_cast<double>(head_dim)));
     const float angle = static_cast<float>(pos) * inv_freq;
     cos_row[i] = cosf(angle);
     sin_row[i] = sinf(angle);
@@ -483,6 +511,15 @@ cudaError_t unary(UnaryOp op, const float* x, float* out, int64_t count, cudaStr
   return launch_unary<UnaryOp::kSilu>(x, out, count, stream);
 }
 
+cudaError_t silu_mul(const float* a, const float* b, float* out, int64_t count, cudaStream_t stream) {
+  if (count == 0) return cudaSuccess;
+  const bool vec = count % 4 == 0 && vec4_aligned(a) && vec4_aligned(b) && vec4_aligned(out);
+  const unsigned grid = grid_for(vec ? count / 4 : count, kThreads);
+  if (vec) (void)detail::launch(silu_mul_kernel<true>, grid, kThreads, 0, stream, a, b, out, count);
+  else (void)detail::launch(silu_mul_kernel<false>, grid, kThreads, 0, stream, a, b, out, count);
+  return cudaGetLastError();
+}
+
 cudaError_t layernorm(const float* x, const void* gamma, const void* beta, Dtype param_dtype, float eps, int64_t rows,
                       int64_t hidden, float* out, cudaStream_t stream) {
   if (rows == 0 || hidden == 0) return cudaSuccess;
@@ -518,7 +555,9 @@ cudaError_t softmax(const float* x, int64_t rows, int64_t cols, float* out, cuda
 
 cudaError_t argmax(const float* x, int64_t rows, int64_t cols, int32_t* out, cudaStream_t stream) {
   if (rows == 0) return cudaSuccess;
-  (void)detail::launch(argmax_kernel, static_cast<unsigned>(rows), kThreads, 0, stream, x, cols, out);
+  // A row per block, as wide as a block goes: a decode step's one row of 32000 logits
+  // took ~26 us with 256 threads.
+  (void)detail::launch(argmax_kernel, static_cast<unsigned>(rows), kRowThreads, 0, stream, x, cols, out);
   return cudaGetLastError();
 }
 
@@ -528,8 +567,21 @@ cudaError_t rope(const float* x, const int32_t* positions, int64_t rows, int64_t
   if (head_dim < 2 || head_dim % 2 != 0 || head_dim > kMaxRopeHeadDim || width % head_dim != 0 || width >= (int64_t{1} << 31))
     return cudaErrorInvalidValue;
   const size_t shared = static_cast<size_t>(head_dim) * sizeof(float);  // cos and sin, head_dim / 2 each
-  (void)detail::launch(rope_kernel, static_cast<unsigned>(rows), kRowThreads, shared, stream, x, positions, width, head_dim, theta, out,
-                                                                            error);
+  // The table of the last (head_dim, theta) this thread asked for (every layer of a
+  // model asks the same).
+  thread_local int64_t table_head_dim = 0;
+  thread_local float table_theta = 0.0f;
+  thread_local RopeTable table{};
+  const bool use_table = head_dim / 2 <= kRopeTablePairs;
+  if (use_table && (table_head_dim != head_dim || table_theta != theta)) {
+    for (int64_t i = 0; i < head_dim / 2; ++i)
+      table.inv_freq[i] = static_cast<float>(
+          1.0 / std::pow(static_cast<double>(theta), static_cast<double>(2 * i) / static_cast<double>(head_dim)));
+    table_head_dim = head_dim;
+    table_theta = theta;
+  }
+  (void)detail::launch(rope_kernel, static_cast<unsigned>(rows), kRowThreads, shared, stream, x, positions, width,
+                       head_dim, theta, table, use_table, out, error);
   return cudaGetLastError();
 }
 

@@ -116,6 +116,9 @@ enum class UnaryOp : int { kGeluNew = 0, kSilu = 1 };
 // out = f(x) over `count` f32 elements (out may alias x); gelu_new is the tanh
 // approximation written as 1 - 2 / (exp(2u) + 1), as on the CPU.
 cudaError_t unary(UnaryOp op, const float* x, float* out, int64_t count, cudaStream_t stream);
+// out = silu(a) * b over `count` f32 elements (a, b, out dense; out may alias a or b):
+// each element as unary(kSilu) then binary(kMul) would give it.
+cudaError_t silu_mul(const float* a, const float* b, float* out, int64_t count, cudaStream_t stream);
 
 // ---------------------------------------------------------------------------------
 // Row-wise (one block per row)
