@@ -2,21 +2,17 @@
 // cuda_kernels.h (gemv).
 //
 // Why not cuBLAS: at one to four activation rows the product is a stream over the
-// weight, and its speed is how many weight bytes are in flight. It reads x as f32 and
-// rounds it to the weight's dtype in registers, so the narrowing kernel before each
-// GEMM goes too; weight loads bypass L1, which is left to x.
-//
-// Shape of the work, measured in isolation on an H100 (Llama-2-13B products, GB/s of
-// weight read; a read-only stream reaches 3081): four warps share an output column,
-// each taking every fourth 8-element chunk of its row, with four 16-byte loads in
-// flight per lane, and meet in shared memory. One warp per column with eight loads in
-// flight: 5120 x 5120 2156 GB/s (24.3 us) -> 2578 (20.3 us); 13824 x 5120 2647 -> 2935;
-// 5120 x 13824 2615 -> 2840; 32000 x 5120 2878 -> 3071. A column's warps finish
-// together and the whole product is a wave or two, so its ramp and tail shrink; two
-// and eight warps per column and 4-warp blocks were measured too, and were slower.
-// (Also measured and dropped, H200, in the decode step: prefetching the first weights
-// into L2 before the wait for the kernel before; launching the products of one x
-// together, q / k / v and gate / up.)
+// weight, and its speed is how many weight bytes are in flight. With cuBLASLt's best
+// algorithms for M = 1 a Llama-2-13B decode step took 9.5-9.8 ms on an H200, with this
+// kernel 8.8 (same runs). Each lane keeps eight 16-byte weight loads in flight (4:
+// 9.02 ms, 16: 9.62), with loads that leave L1 to x. It reads x as f32 and rounds it
+// to the weight's dtype in registers, so the narrowing kernel before each GEMM goes too.
+// (Also measured and dropped, H200, same runs: prefetching the first weights into L2
+// before the wait for the kernel before, 9.09 vs 8.89 ms; launching the products of one
+// x together, q / k / v and gate / up, 9.09 vs 9.12. And on an H100: four warps per
+// column, each with every fourth chunk, summed in shared memory, were 6-16 % faster
+// per product launched back to back in isolation, yet the decode step went from
+// 11.03 to 11.67 ms.)
 #include "djinn/backend/cuda/cuda_common.cuh"
 #include "djinn/backend/cuda/cuda_kernels.h"
 
@@ -29,11 +25,9 @@ using detail::to_f32;
 using detail::unpack2;
 using detail::warp_reduce;
 
-constexpr int kGemvWarps = 8;                                      // per block
-constexpr int kWarpsPerColumn = 4;                                 // split of each row's chunks
-constexpr int kColumnsPerBlock = kGemvWarps / kWarpsPerColumn;
+constexpr int kGemvWarps = 8;  // one output column per warp
 constexpr int kGemvThreads = 32 * kGemvWarps;
-constexpr int kUnroll = 4;                                         // 16-byte weight loads in flight per lane
+constexpr int kUnroll = 8;     // 16-byte weight loads in flight per lane
 
 // A weight load that bypasses L1 (read once) and may use the read-only path.
 __device__ __forceinline__ uint4 load_streaming(const uint4* p) {
@@ -72,54 +66,38 @@ __device__ __forceinline__ void accumulate(const uint4& w8, const float* __restr
   }
 }
 
-// out[r, col] = sum_j round(x[r, j]) * w[col, j]: the kWarpsPerColumn warps of column
-// col read its weight row in 8-element chunks, warp s's lane l taking chunks
-// 32 s + l, 32 s + l + 32 kWarpsPerColumn, ...; each warp reduces its lanes, then the
-// column's first warp adds the warps' sums from shared memory.
-// (Minimum blocks per SM 1: with the default ptxas spilled 4 bytes in the f16 two-row
-// variant, which -warn-spills turns into a build error.)
+// out[r, col] = sum_j round(x[r, j]) * w[col, j]: warp `col` reads weight row col in
+// 8-element chunks, lane l taking chunks l, l + 32, ...; the partial sums meet in a
+// warp reduction.
 template <typename T, int M>
-__global__ void __launch_bounds__(kGemvThreads, 1)
+__global__ void __launch_bounds__(kGemvThreads)
     gemv_kernel(const T* __restrict__ w, const float* __restrict__ x, int64_t n, int64_t k, float* __restrict__ out) {
-  __shared__ float partial[kGemvWarps][M];
   detail::await_prior_grids();
-  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, slice = warp % kWarpsPerColumn;
-  const int64_t col = static_cast<int64_t>(blockIdx.x) * kColumnsPerBlock + warp / kWarpsPerColumn;
+  const int lane = threadIdx.x % 32;
+  const int64_t col = static_cast<int64_t>(blockIdx.x) * kGemvWarps + threadIdx.x / 32;
+  if (col >= n) return;
+  const auto* row = reinterpret_cast<const uint4*>(w + col * k);
+  const int64_t chunks = k / 8;
   float acc[M] = {};
-  if (col < n) {
-    const auto* row = reinterpret_cast<const uint4*>(w + col * k);
-    const int64_t chunks = k / 8;
-    constexpr int64_t kStep = 32 * kWarpsPerColumn;
-    int64_t c = lane + 32 * slice;
-    for (; c + (kUnroll - 1) * kStep < chunks; c += kUnroll * kStep) {
-      uint4 w8[kUnroll];
+  int64_t c = lane;
+  for (; c + (kUnroll - 1) * 32 < chunks; c += kUnroll * 32) {
+    uint4 w8[kUnroll];
 #pragma unroll
-      for (int u = 0; u < kUnroll; ++u) w8[u] = load_streaming(row + c + u * kStep);
+    for (int u = 0; u < kUnroll; ++u) w8[u] = load_streaming(row + c + u * 32);
 #pragma unroll
-      for (int u = 0; u < kUnroll; ++u) accumulate<T, M>(w8[u], x, k, (c + u * kStep) * 8, acc);
-    }
-    for (; c < chunks; c += kStep) accumulate<T, M>(load_streaming(row + c), x, k, c * 8, acc);
+    for (int u = 0; u < kUnroll; ++u) accumulate<T, M>(w8[u], x, k, (c + u * 32) * 8, acc);
   }
+  for (; c < chunks; c += 32) accumulate<T, M>(load_streaming(row + c), x, k, c * 8, acc);
 #pragma unroll
   for (int r = 0; r < M; ++r) {
     const float sum = warp_reduce(acc[r], SumOp{});
-    if (lane == 0) partial[warp][r] = sum;
-  }
-  __syncthreads();
-  if (slice == 0 && lane == 0 && col < n) {
-#pragma unroll
-    for (int r = 0; r < M; ++r) {
-      float sum = 0.0f;
-#pragma unroll
-      for (int s = 0; s < kWarpsPerColumn; ++s) sum += partial[warp + s][r];
-      out[r * n + col] = sum;
-    }
+    if (lane == 0) out[r * n + col] = sum;
   }
 }
 
 template <typename T, int M>
 cudaError_t launch(const void* w, const float* x, int64_t n, int64_t k, float* out, cudaStream_t stream) {
-  const auto blocks = static_cast<unsigned>((n + kColumnsPerBlock - 1) / kColumnsPerBlock);
+  const auto blocks = static_cast<unsigned>((n + kGemvWarps - 1) / kGemvWarps);
   return detail::launch(gemv_kernel<T, M>, blocks, kGemvThreads, 0, stream, static_cast<const T*>(w), x, n, k, out);
 }
 
