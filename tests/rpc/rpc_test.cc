@@ -1003,6 +1003,46 @@ TEST(Rpc, ManyRequestsInFlightOnOneClient) {
   EXPECT_EQ(counters["graphs_uploaded"], 1);
 }
 
+// More requests in flight than the RPC thread counts as surely fitting the scheduler
+// pipe (16) and than the pipe itself holds (2 x 1024): the RPC thread must then ask
+// ZeroMQ for room and leave the rest queued in the ROUTER (backpressure), and every
+// request is still answered, none dropped, though the client reads nothing until it
+// has sent them all (its receive queue must not refuse replies).
+TEST(Rpc, ThousandsInFlightAreAllAnsweredNoneDropped) {
+  LoopbackServer server;
+  auto client = server.connect();
+  const Graph graph = add_graph();
+  const float b[4] = {1, 2, 3, 4};
+  RemoteGraph remote(*client, graph, {TensorView::contiguous(const_cast<float*>(b), {4}, DType::kF32)});
+  std::vector<float> zero(4, 0.0f);
+  const TensorView zero_io = TensorView::contiguous(zero.data(), {1, 4}, DType::kF32);
+  ASSERT_TRUE(remote.run(std::span(&zero_io, 1), {.seq = 1, .past = 0}).ok());
+  constexpr int kInFlight = 3000;
+  std::vector<float> input = {0.25f, -1.0f, 8.0f, 3.0f};
+  const TensorView io = TensorView::contiguous(input.data(), {1, 4}, DType::kF32);
+  std::vector<uint64_t> ids;
+  for (int i = 0; i < kInFlight; ++i) {
+    rpc::Request request;
+    request.mutable_run_graph()->set_graph_hash(remote.id());
+    request.mutable_run_graph()->set_seq(1);
+    Result<uint64_t> id = client->send(request, std::span(&io, 1));
+    ASSERT_TRUE(id.ok()) << id.status().to_string();
+    ids.push_back(*id);
+  }
+  for (uint64_t id : ids) {
+    Result<ReplyMessage> reply = client->receive(id);
+    ASSERT_TRUE(reply.ok()) << reply.status().to_string();
+    ASSERT_EQ(reply->reply.body_case(), rpc::Reply::kRunGraph);
+    std::vector<HostTensor> out;
+    for (const TensorView& t : reply->tensors) out.push_back(HostTensor::copy_of(t));
+    ASSERT_TRUE(is_sum(out, input, b));
+  }
+  const json stats = stats_of(*client);
+  EXPECT_EQ(total_errors(stats), 0u);
+  EXPECT_EQ(stats["counters"]["requests_dropped"], 0);
+  EXPECT_EQ(stats["counters"]["replies_dropped"], 0);
+}
+
 // 9. Remote generation is native generation: same tokens, same logits bit for bit.
 TEST(Rpc, RemoteGenerationEqualsNative) {
   const std::string source = DJINN_GOLDEN_DIR "/llama-tiny";

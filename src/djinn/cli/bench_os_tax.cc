@@ -20,6 +20,7 @@
 #include <netinet/tcp.h>
 #include <signal.h>
 #include <spawn.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <sched.h>
@@ -120,6 +121,7 @@ Result<std::vector<double>> ping_pong_floor(bool tcp, int iterations, int echo_c
   Status status;
   if (::connect(fd, reinterpret_cast<sockaddr*>(&address), length) != 0) {
     status = internal_error(fmt::format("floor: connect: {}", std::strerror(errno)));
+    ::kill(echo, SIGKILL);  // it waits in accept() for a connection that never comes
   } else {
     char buffer[64] = {};
     for (int i = 0; i < iterations && status.ok(); ++i) {
@@ -186,6 +188,13 @@ Result<std::vector<double>> zmq_echo_round_trips(const std::string& address, int
                                                  int client_cpu) {
   DJINN_ASSIGN_OR_RETURN(std::unique_ptr<ChildProcess> echo,
                          ChildProcess::spawn({"bench", "zmq-echo", "--listen", address, "--pin-cpu", std::to_string(echo_cpu)}));
+  // The echo dies by SIGTERM, before ZeroMQ could remove an ipc socket file.
+  struct UnlinkIpc {
+    std::string path;
+    ~UnlinkIpc() {
+      if (!path.empty()) ::unlink(path.c_str());
+    }
+  } unlink_ipc{address.rfind("ipc://", 0) == 0 ? address.substr(6) : std::string()};
   const ScopedCpuPin pin(client_cpu);
   zmq::context_t context(1);
   if (client_cpu >= 0) context.set(zmq::ctxopt::thread_affinity_cpu_add, client_cpu);
@@ -407,6 +416,7 @@ Result<RowResult> measure_full_forward(Runtime& native, Client& client, int iter
 }  // namespace
 
 Status zmq_echo(const ZmqEchoOptions& options) {
+  ::prctl(PR_SET_PDEATHSIG, SIGTERM);  // never outlives the bench that started it
   if (options.pin_cpu >= 0 && !pin_current_thread(options.pin_cpu))
     return invalid_argument(fmt::format("zmq-echo: cannot pin to CPU {}", options.pin_cpu));
   zmq::context_t context(1);
@@ -525,7 +535,8 @@ Status bench_os_tax(const OsTaxOptions& options) {
                         {"floor_after_us_p50", percentile(floor_after, 50)},
                         {"floor", "64-byte ping-pong between this process and a forked echo process"},
                         {"zmq_echo_us_p50", percentile(zmq_echo_us, 50)},
-                        {"zmq_echo", "64-byte DEALER -> ROUTER echo process, pinned like the server and the client"},
+                        {"zmq_echo", "64-byte DEALER -> ROUTER echo process, pinned like the server and the client; "
+                                     "it blocks (no busy-poll) whatever --busy-poll-us says"},
                         {"pin_cpu", options.pin_cpu},
                         {"client_cpu", client_cpu},
                         {"server", "separate djinn serve process, cpu"},

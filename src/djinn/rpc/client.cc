@@ -20,6 +20,12 @@ zmq::context_t make_context(int io_cpu) {
 Client::Client(std::string address, const ClientOptions& options)
     : address_(std::move(address)), options_(options), context_(make_context(options.io_cpu)), socket_(context_, zmq::socket_type::dealer) {
   socket_.set(zmq::sockopt::linger, 0);
+  // Every reply answers a request this client sent, so its receive queue never refuses
+  // one: with ZeroMQ's default of 1000, a client that sent thousands of requests before
+  // reading lost the replies past its queue and the server's (the server counts them in
+  // replies_dropped; the client waited for them until its timeout). What the queue
+  // holds is bounded by the requests this client has in flight.
+  socket_.set(zmq::sockopt::rcvhwm, 0);
 }
 
 Client::~Client() { socket_.close(); }

@@ -8,6 +8,7 @@
 #include <sys/random.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <array>
 #include <thread>
 #include <utility>
@@ -21,6 +22,7 @@ namespace djinn::rpc {
 namespace {
 
 constexpr double kMiB = 1024.0 * 1024.0;
+constexpr auto kReplyHoldLimit = std::chrono::seconds(30);  // Note [Held replies]
 constexpr int kPollMs = 5;         // how often the loop looks at leases, swap timers and the stop flag
 constexpr size_t kMaxGraphs = 1024;  // graphs kept for RunGraph-by-hash
 constexpr int kPipeRequests = 1024;  // requests queued for the scheduler (the HWM counts whole messages)
@@ -123,8 +125,8 @@ Server::Server(const ServerOptions& options, std::unique_ptr<Runtime> runtime)
   rpc_side_.bind(pipe);
   scheduler_side_.connect(pipe);
   router_.set(zmq::sockopt::linger, 0);
-  // A reply to a client that is gone (or whose queue is full) fails, and is counted,
-  // instead of vanishing.
+  // A reply to a client that is gone fails, and is counted, instead of vanishing; one
+  // to a client whose queue is full fails too, and waits (Note [Held replies]).
   router_.set(zmq::sockopt::router_mandatory, true);
   // Frames larger than the request limit (+ room for the header) are dropped by ZeroMQ
   // before they are buffered in full.
@@ -165,8 +167,8 @@ std::string Server::describe() const {
 namespace {
 
 // Moves one whole multipart message from `from` to `to`; false when none was waiting.
-// A part `to` refuses (a ROUTER whose peer is gone or full) drops the rest of that
-// message, never a later one; *dropped counts such messages.
+// A part `to` refuses drops the rest of that message, never a later one; *dropped
+// counts such messages.
 bool forward_message(zmq::socket_t& from, zmq::socket_t& to, std::atomic<uint64_t>* dropped) {
   zmq::message_t part;
   if (!from.recv(part, zmq::recv_flags::dontwait)) return false;
@@ -185,6 +187,38 @@ bool forward_message(zmq::socket_t& from, zmq::socket_t& to, std::atomic<uint64_
     if (!more) return true;
     (void)from.recv(part);  // the rest of a multipart message is already here
   }
+}
+
+// Receives one whole multipart message (without waiting); false when none was there.
+bool receive_message(zmq::socket_t& from, std::vector<zmq::message_t>& parts) {
+  parts.clear();
+  zmq::message_t part;
+  if (!from.recv(part, zmq::recv_flags::dontwait)) return false;
+  for (;;) {
+    const bool more = part.more();
+    parts.push_back(std::move(part));
+    if (!more) return true;
+    (void)from.recv(part);  // the rest of a multipart message is already here
+  }
+}
+
+enum class SendOutcome { kSent, kPeerFull, kPeerGone };
+// Sends a whole reply [identity, frames...] through the ROUTER without waiting. With
+// ROUTER_MANDATORY a full queue to the peer refuses the first part (EAGAIN, nothing
+// queued, the parts are left intact for a retry) and an unknown peer fails
+// (EHOSTUNREACH); past the first part a message is never refused (the high-water mark
+// counts whole messages).
+SendOutcome send_reply(zmq::socket_t& router, std::vector<zmq::message_t>& parts) {
+  for (size_t i = 0; i < parts.size(); ++i) {
+    const auto flags = i + 1 < parts.size() ? zmq::send_flags::sndmore | zmq::send_flags::dontwait
+                                            : zmq::send_flags::dontwait;
+    try {
+      if (!router.send(parts[i], flags)) return i == 0 ? SendOutcome::kPeerFull : SendOutcome::kPeerGone;
+    } catch (const zmq::error_t&) {
+      return SendOutcome::kPeerGone;
+    }
+  }
+  return SendOutcome::kSent;
 }
 
 }  // namespace
@@ -221,6 +255,14 @@ Status Server::serve() {
   scheduler.join();
   try {
     forward_replies();
+    // The last replies still waiting for their clients to read get a moment more.
+    const auto deadline = Clock::now() + std::chrono::seconds(1);
+    while (!held_replies_.empty() && Clock::now() < deadline) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+      send_held_replies();
+    }
+    replies_dropped_.fetch_add(held_replies_.size(), std::memory_order_relaxed);
+    held_replies_.clear();
   } catch (const zmq::error_t&) {
   }
   DJINN_RETURN_IF_ERROR(status);
@@ -229,8 +271,39 @@ Status Server::serve() {
 
 size_t Server::forward_replies() {
   size_t forwarded = 0;
-  while (forward_message(rpc_side_, router_, &replies_dropped_)) ++forwarded;
+  std::vector<zmq::message_t> parts;
+  while (receive_message(rpc_side_, parts)) {
+    ++forwarded;
+    held_replies_.push_back({std::move(parts), Clock::now()});
+  }
+  send_held_replies();
   return forwarded;
+}
+
+// Note [Held replies]: a client that sends many requests before reading fills its
+// queue on the ROUTER (1000 messages); a reply that finds it full waits here instead of
+// being dropped, and goes out once the client reads. Replies to one client keep their
+// order (one that waits holds back its later ones); other clients' replies pass. A
+// reply that waited kReplyHoldLimit (the client stopped reading) or whose client is
+// gone is dropped and counted (replies_dropped). RPC thread only.
+void Server::send_held_replies() {
+  std::vector<std::string> stalled;  // peers whose queue was full in this pass
+  const auto now = Clock::now();
+  for (auto it = held_replies_.begin(); it != held_replies_.end();) {
+    const std::string peer(static_cast<const char*>(it->parts.front().data()), it->parts.front().size());
+    if (std::find(stalled.begin(), stalled.end(), peer) != stalled.end()) {
+      ++it;
+      continue;
+    }
+    const SendOutcome outcome = send_reply(router_, it->parts);
+    if (outcome == SendOutcome::kPeerFull && now - it->since < kReplyHoldLimit) {
+      stalled.push_back(peer);
+      ++it;
+      continue;
+    }
+    if (outcome != SendOutcome::kSent) replies_dropped_.fetch_add(1, std::memory_order_relaxed);
+    it = held_replies_.erase(it);
+  }
 }
 
 Status Server::relay(const std::atomic<bool>& scheduler_done) {
@@ -238,13 +311,18 @@ Status Server::relay(const std::atomic<bool>& scheduler_done) {
   // a busy scheduler leaves requests queued in ZeroMQ (bounded by its high-water mark
   // and --max-request-mb), not in this process's memory.
   //
-  // Every request gets exactly one reply, so requests forwarded minus replies back is
-  // what the pipe may hold; below kSurelyRoom messages (the high-water mark counts whole
-  // messages) there is room without asking ZeroMQ. Asking costs a system call (its
-  // mailbox is polled), and so does a receive that finds nothing: the loop reads only
-  // the sockets zmq::poll reported. That is two to four calls fewer per request.
+  // Every request gets exactly one reply (handle() replies at once, or later for a
+  // deferred Generate or a waiting admission, and the drain answers what is left), so
+  // requests forwarded minus replies back bounds what the pipe holds. Below kSurelyRoom
+  // of them there is room without asking ZeroMQ: the pipe takes sndhwm + rcvhwm whole
+  // messages, and its writer learns of reads at least every 1024 messages, so a count
+  // of 16 never overstates the room ZeroMQ sees. Asking costs a system call (its mailbox
+  // is polled), and so does a receive that finds nothing: the loop reads only the
+  // sockets zmq::poll reported (it re-checks every socket's events on each call, so
+  // nothing left queued is missed). Two to four calls fewer per request. Should the
+  // pipe still refuse one, the request is counted (requests_dropped), not lost silently.
   constexpr uint64_t kSurelyRoom = 16;
-  static_assert(kSurelyRoom < kPipeRequests);
+  static_assert(kSurelyRoom <= 1024 && kSurelyRoom < kPipeRequests);
   uint64_t requests = 0, replies = 0;
   auto has_room = [&] {
     return requests - replies < kSurelyRoom || (rpc_side_.get(zmq::sockopt::events) & ZMQ_POLLOUT) != 0;
@@ -262,14 +340,16 @@ Status Server::relay(const std::atomic<bool>& scheduler_done) {
       }
     }
     try {
-      zmq::poll(items, 2, std::chrono::milliseconds(kPollMs));
+      // Held replies (Note [Held replies]) are retried every millisecond.
+      zmq::poll(items, 2, std::chrono::milliseconds(held_replies_.empty() ? kPollMs : 1));
     } catch (const zmq::error_t& e) {
       if (e.num() == EINTR) continue;
       return internal_error(fmt::format("poll: {}", e.what()));
     }
     if (items[1].revents & ZMQ_POLLIN) replies += forward_replies();  // first: they finish work already done
+    else if (!held_replies_.empty()) send_held_replies();
     if (items[0].revents & ZMQ_POLLIN)
-      while (has_room() && forward_message(router_, rpc_side_, nullptr)) ++requests;
+      while (has_room() && forward_message(router_, rpc_side_, &requests_dropped_)) ++requests;
   }
   return {};
 }
@@ -985,6 +1065,7 @@ nlohmann::json Server::stats_json() const {
   stats["counters"] = {{"requests", counters_.requests},
                        {"replies", counters_.replies},
                        {"replies_dropped", replies_dropped_.load(std::memory_order_relaxed)},
+                       {"requests_dropped", requests_dropped_.load(std::memory_order_relaxed)},
                        {"requests_by_type", counters_.requests_by_type},
                        {"errors", counters_.errors},
                        {"sessions_opened", counters_.sessions_opened},

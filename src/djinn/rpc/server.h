@@ -141,7 +141,14 @@ class Server {
   // scheduler while its pipe has room, replies to the ROUTER.
   Status relay(const std::atomic<bool>& scheduler_done);
   // RPC thread: every reply the scheduler has handed back, to the ROUTER.
-  size_t forward_replies();  // returns how many
+  size_t forward_replies();  // returns how many came from the scheduler
+  // Note [Held replies] (server.cc): replies waiting for a full client queue to drain.
+  struct HeldReply {
+    std::vector<zmq::message_t> parts;  // identity, header, tensor frames
+    std::chrono::steady_clock::time_point since;
+  };
+  std::deque<HeldReply> held_replies_;
+  void send_held_replies();
   void handle(zmq::message_t& identity, std::vector<zmq::message_t>& frames);
   Status dispatch(const DecodedRequest& request, Outgoing& out);
   Result<SessionRecord*> authorize(const Request& request);
@@ -193,6 +200,7 @@ class Server {
   zmq::socket_t scheduler_side_;    // scheduler thread: requests in, replies out
   std::atomic<bool> scheduler_stop_{false};
   std::atomic<uint64_t> replies_dropped_{0};  // replies a ROUTER refused (the client was gone)
+  std::atomic<uint64_t> requests_dropped_{0};  // requests the scheduler pipe refused (never expected)
   std::vector<std::string> endpoints_;
   std::atomic<bool> stop_requested_{false};
   std::map<SessionId, SessionRecord> sessions_;

@@ -118,7 +118,7 @@ Status CudaBackend::init() {
   // launch] in cuda_common.cuh); process-wide, as the latest backend made says.
   {
     const char* env = std::getenv("DJINN_CUDA_PDL");
-    gpu::set_programmatic_launch(env == nullptr || std::string_view(env) != "0");
+    gpu::set_programmatic_launch((env == nullptr || std::string_view(env) != "0") && gpu::kernels_await_prior_grids());
   }
   event_pool_ = std::make_shared<CudaEventPool>();
   DJINN_CUDA_RETURN_IF_ERROR(cudaStreamCreateWithFlags(&compute_, cudaStreamNonBlocking));

@@ -98,7 +98,8 @@ __global__ void __launch_bounds__(kGemvThreads)
 template <typename T, int M>
 cudaError_t launch(const void* w, const float* x, int64_t n, int64_t k, float* out, cudaStream_t stream) {
   const auto blocks = static_cast<unsigned>((n + kGemvWarps - 1) / kGemvWarps);
-  return detail::launch(gemv_kernel<T, M>, blocks, kGemvThreads, 0, stream, static_cast<const T*>(w), x, n, k, out);
+  (void)detail::launch(gemv_kernel<T, M>, blocks, kGemvThreads, 0, stream, static_cast<const T*>(w), x, n, k, out);
+  return cudaGetLastError();  // and clears it, as every launcher does
 }
 
 template <typename T>
@@ -116,7 +117,7 @@ cudaError_t launch_rows(const void* w, const float* x, int64_t m, int64_t n, int
 }  // namespace
 
 bool gemv_supported(const void* w, Dtype dtype, const float* x, int64_t m, int64_t n, int64_t k) {
-  return dtype != Dtype::kF32 && m >= 1 && m <= kMaxGemvRows && n >= 1 && n < (int64_t{1} << 34) && k >= 8 &&
+  return dtype != Dtype::kF32 && m >= 1 && m <= kMaxGemvRows && n >= 1 && n < (int64_t{1} << 31) && k >= 8 &&
          k % 8 == 0 && detail::aligned(w, 16) && detail::aligned(x, 16);
 }
 

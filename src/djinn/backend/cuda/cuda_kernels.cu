@@ -633,4 +633,18 @@ cudaError_t copy_spans(const SpanCopyTable& table, cudaStream_t stream) {
   return cudaGetLastError();
 }
 
+bool kernels_await_prior_grids() {
+  int device = 0, major = 0;
+  if (cudaGetDevice(&device) != cudaSuccess || cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess) {
+    (void)cudaGetLastError();
+    return false;
+  }
+  cudaFuncAttributes attributes{};
+  if (cudaFuncGetAttributes(&attributes, argmax_kernel) != cudaSuccess) {
+    (void)cudaGetLastError();
+    return false;
+  }
+  return major >= 9 && attributes.ptxVersion >= 90;
+}
+
 }  // namespace djinn::gpu

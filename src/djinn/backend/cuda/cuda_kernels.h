@@ -55,6 +55,10 @@ struct DeviceError {
 // [Programmatic dependent launch] in cuda_common.cuh). Process-wide; on by default.
 void set_programmatic_launch(bool enabled);
 bool programmatic_launch();
+// Whether the backend's kernels were compiled with their griddepcontrol.wait (PTX for
+// compute capability 9.0 or later, running on such a device): only then may they be
+// launched early. A build for an older architecture runs, launching the plain way.
+bool kernels_await_prior_grids();
 
 // ---------------------------------------------------------------------------------
 // Span copies by SM threads (small swaps)
@@ -85,8 +89,9 @@ cudaError_t copy_spans(const SpanCopyTable& table, cudaStream_t stream);
 // w [n, k] row-major (nn.Linear) of 16-bit `dtype`, x [m, k] f32 dense, each element
 // rounded to `dtype` (as the GEMM path narrows it before cuBLAS) and every product
 // summed in f32; out dense. Supported when gemv_supported(...): 16-bit w, 1 <= m <=
-// kMaxGemvRows, k a multiple of 8, w and x 16-byte aligned. One warp per output
-// column, so the summation order differs from cuBLAS's (f32 rounding, ~1e-7 relative).
+// kMaxGemvRows, n < 2^31, k a multiple of 8, w and x 16-byte aligned. One warp per
+// output column, so the summation order differs from cuBLAS's: f32 rounding, ~1e-7
+// relative to the sum of |products| (more relative to a result that cancels).
 inline constexpr int64_t kMaxGemvRows = 4;
 bool gemv_supported(const void* w, Dtype dtype, const float* x, int64_t m, int64_t n, int64_t k);
 cudaError_t gemv(const void* w, Dtype dtype, const float* x, int64_t m, int64_t n, int64_t k, float* out,
