@@ -141,11 +141,15 @@ Result<std::vector<double>> ping_pong_floor(bool tcp, int iterations, int echo_c
 
 // ---- the server process ---------------------------------------------------------
 
+// The socket file of an ipc:// address ("" for other transports).
+std::string ipc_path(const std::string& address) { return address.rfind("ipc://", 0) == 0 ? address.substr(6) : ""; }
+
 // A child process running `djinn ARGS...` (this binary), output discarded; SIGTERM and
-// reaped when this goes.
+// reaped when this goes, and then `listen_address`'s ipc socket file removed (a child
+// killed by a signal leaves it behind).
 class ChildProcess {
  public:
-  static Result<std::unique_ptr<ChildProcess>> spawn(std::vector<std::string> args) {
+  static Result<std::unique_ptr<ChildProcess>> spawn(std::vector<std::string> args, std::string listen_address = "") {
     args.insert(args.begin(), "djinn");
     std::vector<char*> argv;
     for (std::string& a : args) argv.push_back(a.data());
@@ -158,24 +162,27 @@ class ChildProcess {
     const int rc = posix_spawn(&pid, "/proc/self/exe", &actions, nullptr, argv.data(), environ);
     posix_spawn_file_actions_destroy(&actions);
     if (rc != 0) return internal_error(fmt::format("cannot start `djinn {}`: {}", args[1], std::strerror(rc)));
-    return std::unique_ptr<ChildProcess>(new ChildProcess(pid));
+    return std::unique_ptr<ChildProcess>(new ChildProcess(pid, ipc_path(listen_address)));
   }
   ~ChildProcess() {
     ::kill(pid_, SIGTERM);
     int status;
     ::waitpid(pid_, &status, 0);
+    if (!socket_file_.empty()) ::unlink(socket_file_.c_str());
   }
 
  private:
-  explicit ChildProcess(pid_t pid) : pid_(pid) {}
+  ChildProcess(pid_t pid, std::string socket_file) : pid_(pid), socket_file_(std::move(socket_file)) {}
   pid_t pid_;
+  std::string socket_file_;
 };
 
 Result<std::unique_ptr<ChildProcess>> start_server(const std::string& address, const std::string& device,
                                                    int busy_poll_us, int pin_cpu) {
   return ChildProcess::spawn({"serve", "--listen", address, "--device", device, "--device-mem-gb", "2",
                               "--session-lease-s", "3600", "--busy-poll-us", std::to_string(busy_poll_us),
-                              "--pin-cpu", std::to_string(pin_cpu)});
+                              "--pin-cpu", std::to_string(pin_cpu)},
+                             address);
 }
 
 // ---- the ZeroMQ reference: a bare ROUTER echo in another process ------------------
@@ -187,14 +194,8 @@ Result<std::unique_ptr<ChildProcess>> start_server(const std::string& address, c
 Result<std::vector<double>> zmq_echo_round_trips(const std::string& address, int iterations, int echo_cpu,
                                                  int client_cpu) {
   DJINN_ASSIGN_OR_RETURN(std::unique_ptr<ChildProcess> echo,
-                         ChildProcess::spawn({"bench", "zmq-echo", "--listen", address, "--pin-cpu", std::to_string(echo_cpu)}));
-  // The echo dies by SIGTERM, before ZeroMQ could remove an ipc socket file.
-  struct UnlinkIpc {
-    std::string path;
-    ~UnlinkIpc() {
-      if (!path.empty()) ::unlink(path.c_str());
-    }
-  } unlink_ipc{address.rfind("ipc://", 0) == 0 ? address.substr(6) : std::string()};
+                         ChildProcess::spawn({"bench", "zmq-echo", "--listen", address, "--pin-cpu", std::to_string(echo_cpu)},
+                                             address));
   const ScopedCpuPin pin(client_cpu);
   zmq::context_t context(1);
   if (client_cpu >= 0) context.set(zmq::ctxopt::thread_affinity_cpu_add, client_cpu);
