@@ -654,6 +654,38 @@ TEST_F(CudaOps, MatMulDecodeRowsByGemvAgreeWithCpuToF32Rounding) {
         }
 }
 
+// The GEMV rounds x to the weight's dtype itself: given x straight from f32, it must
+// agree with the CPU product of the rounded x (the GEMM path's narrowing) up to f32
+// summation order, for every row count it takes.
+TEST_F(CudaOps, MatMulDecodeRowsByGemvRoundTheActivationItself) {
+  Rng rng(365);
+  const int64_t k = 1032, n = 77;
+  for (DType w_dtype : {DType::kF16, DType::kBF16})
+    for (int64_t m : {1, 2, 3, 4}) {
+      SCOPED_TRACE(::testing::Message() << "m=" << m << " w=" << dname(w_dtype));
+      const std::vector<float> x = rng.floats(m * k);
+      const HostData w = stored(rng.floats(n * k), w_dtype, {n, k});
+      DeviceBuffer xd(*cuda_, sz(m * k) * 4), wd(*cuda_, w.nbytes()), outd(*cuda_, sz(m * n) * 4);
+      ASSERT_TRUE(cuda_->upload(xd.data(), x.data(), x.size() * 4).ok());
+      ASSERT_TRUE(cuda_->upload(wd.data(), w.bytes.data(), w.nbytes()).ok());
+      OpAttrs attrs;
+      attrs.transpose_b = true;
+      const TensorView xv = TensorView::contiguous(xd.data(), {m, k}, DType::kF32);
+      const TensorView wv = TensorView::contiguous(wd.data(), {n, k}, w_dtype, LifetimeClass::kWeight);
+      const TensorView* inputs[] = {&xv, &wv};
+      ASSERT_TRUE(cuda_->run_op(OpKind::kMatMul, attrs, inputs, TensorView::contiguous(outd.data(), {m, n}, DType::kF32), {}).ok());
+      ASSERT_TRUE(cuda_->synchronize().ok());
+      std::vector<float> got(sz(m * n));
+      ASSERT_TRUE(cuda_->download(got.data(), outd.data(), got.size() * 4).ok());
+      std::vector<float> xr = round_through(x, w_dtype), wr = as_f32(w), want(sz(m * n));
+      const TensorView xrv = TensorView::contiguous(xr.data(), {m, k}, DType::kF32);
+      const TensorView wrv = TensorView::contiguous(wr.data(), {n, k}, DType::kF32);
+      const TensorView* ref_in[] = {&xrv, &wrv};
+      ASSERT_TRUE(cpu_->run_op(OpKind::kMatMul, attrs, ref_in, TensorView::contiguous(want.data(), {m, n}, DType::kF32), {}).ok());
+      for (size_t e = 0; e < want.size(); ++e) ASSERT_NEAR(got[e], want[e], 1e-4 * (1.0 + std::fabs(want[e]))) << "element " << e;
+    }
+}
+
 // Two 16-bit GEMMs of one input narrow it once (Note [Narrowed activations] in
 // cuda_backend.h); an op that writes the input in between, or a GEMM of another input,
 // must make the next GEMM narrow afresh. One sequence, no copy in between (a copy
