@@ -274,9 +274,18 @@ size_t Server::forward_replies() {
   std::vector<zmq::message_t> parts;
   while (receive_message(rpc_side_, parts)) {
     ++forwarded;
+    if (held_replies_.empty()) {  // the usual case: straight out, nothing queued
+      const SendOutcome outcome = send_reply(router_, parts);
+      if (outcome == SendOutcome::kSent) continue;
+      if (outcome == SendOutcome::kPeerGone) {
+        replies_dropped_.fetch_add(1, std::memory_order_relaxed);
+        continue;
+      }
+    }
+    // Behind a held reply (it may be this client's: order is kept) or itself refused.
     held_replies_.push_back({std::move(parts), Clock::now()});
   }
-  send_held_replies();
+  if (!held_replies_.empty()) send_held_replies();
   return forwarded;
 }
 

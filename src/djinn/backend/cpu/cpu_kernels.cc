@@ -155,10 +155,15 @@ Status gelu_new(const TensorView& x, const TensorView& out) {
   return {};
 }
 
+namespace {
+// silu and silu_mul share it, so that silu_mul is silu then mul bit for bit.
+inline float silu_of(float v) { return v / (1.0f + std::exp(-v)); }
+}  // namespace
+
 Status silu(const TensorView& x, const TensorView& out) {
   const float* in = x.as<const float>();
   float* o = out.as<float>();
-  for (int64_t i = 0, n = x.numel(); i < n; ++i) o[i] = in[i] / (1.0f + std::exp(-in[i]));
+  for (int64_t i = 0, n = x.numel(); i < n; ++i) o[i] = silu_of(in[i]);
   return {};
 }
 
@@ -166,10 +171,7 @@ Status silu_mul(const TensorView& a, const TensorView& b, const TensorView& out)
   const float* x = a.as<const float>();
   const float* y = b.as<const float>();
   float* o = out.as<float>();
-  for (int64_t i = 0, n = a.numel(); i < n; ++i) {
-    const float gate = x[i] / (1.0f + std::exp(-x[i]));
-    o[i] = gate * y[i];
-  }
+  for (int64_t i = 0, n = a.numel(); i < n; ++i) o[i] = silu_of(x[i]) * y[i];
   return {};
 }
 
