@@ -78,7 +78,7 @@ def main():
                 "<= +15%", s["slowdown_pct"] <= 15)
     if swap:
         for r in swap["rows"]:
-            mib = r["bytes"] >> 20
+            mib = round(r["bytes"] / 2**20)  # a session size rounded to whole slots
             row(f"swap-out {mib} MiB", f"{r['out_gbps']:.1f} GB/s", f"pinned cudaMemcpyAsync {r['raw_out_gbps']:.1f}",
                 f"{r['out_pct_of_raw']:.0f}%", ">= 90%", r["out_pct_of_raw"] >= 90)
             row(f"swap-in {mib} MiB", f"{r['in_gbps']:.1f} GB/s", f"pinned cudaMemcpyAsync {r['raw_in_gbps']:.1f}",

@@ -95,6 +95,25 @@ TEST(Graph, NodesAreOrderedAndLifetimesPropagate) {
   EXPECT_THROW(g.add_node(OpKind::kAdd, {x, kv}), CheckError);
 }
 
+TEST(Graph, OnlyKvCachesAreWrittenInPlace) {
+  Graph g(Phase::kDecode);
+  const ValueId w = g.add_weight("w", DType::kF32, {16, 8});
+  const ValueId cache = g.add_kv("cache", DType::kF32, {16, 8});
+  const ValueId x = g.add_io_input("x", DType::kF32, {1, 8});
+  const ValueId pos = g.add_io_input("pos", DType::kI32, {1});
+  const ValueId activation = g.add_node(OpKind::kAdd, {x, x});
+  EXPECT_TRUE(g.try_add_node(OpKind::kKvAppend, {cache, x, pos}).ok());
+  for (ValueId target : {w, x, activation}) {
+    const Result<ValueId> refused = g.try_add_node(OpKind::kKvAppend, {target, x, pos});
+    ASSERT_FALSE(refused.ok());
+    EXPECT_NE(refused.status().message().find("not a KV cache"), std::string::npos) << refused.status().message();
+  }
+  // batched_decode_attention writes every session's caches (inputs 4 on).
+  const OpAttrs attrs{.n_heads = 2, .n_kv_heads = 2, .head_dim = 4, .scale = 0.5f};
+  EXPECT_TRUE(g.try_add_node(OpKind::kBatchedDecodeAttention, {x, x, x, pos, cache, cache}, attrs).ok());
+  EXPECT_FALSE(g.try_add_node(OpKind::kBatchedDecodeAttention, {x, x, x, pos, cache, w}, attrs).ok());
+}
+
 TEST(Graph, StructuralHashIgnoresNamesButSeesStructure) {
   auto make = [](const char* name, int64_t width, Phase phase) {
     Graph g(phase);

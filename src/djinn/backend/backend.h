@@ -18,6 +18,7 @@
 
 #include <cstddef>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string_view>
 
@@ -38,6 +39,22 @@ struct CopyRegion {
   const void* src = nullptr;
   size_t bytes = 0;
 };
+
+// `height` copies of `width` bytes each, the i-th from src + i * src_pitch to
+// dst + i * dst_pitch: what one 2D copy (cudaMemcpy2DAsync) moves. A session's KV
+// slots are equal runs at a constant stride, so its swap is one such copy.
+struct PitchedCopy {
+  void* dst = nullptr;
+  size_t dst_pitch = 0;
+  const void* src = nullptr;
+  size_t src_pitch = 0;
+  size_t width = 0;
+  size_t height = 0;
+};
+// The regions as one pitched copy, if they are one: at least two, all of the same
+// non-zero size, their sources and their destinations each at a constant stride no
+// smaller than that size (rows in address order, none overlapping the next).
+std::optional<PitchedCopy> as_pitched_copy(std::span<const CopyRegion> regions);
 
 enum class CopyQueue : uint8_t { kCompute, kSwapOut, kSwapIn };
 

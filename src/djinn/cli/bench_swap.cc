@@ -2,9 +2,9 @@
 // same memory, measured in the same run, for session sizes from 1 MiB to 1 GiB.
 //
 // A "session" here is its KV layout: 24 slots (12 layers x K, V) whose used rows are
-// contiguous runs spread over an arena twice the used size, as in a half-full arena.
-// Swap-out gathers them into one HostPool slice on the out worker, swap-in scatters
-// them back on the in worker; "both" runs a swap-out and a swap-in of two sessions at
+// equal contiguous runs at a constant stride over an arena twice the used size, as in
+// a half-full arena. Swap-out gathers them into one HostPool slice, swap-in scatters
+// them back (CUDA: issued on the swap streams; CPU: on the SwapManager's workers); "both" runs a swap-out and a swap-in of two sessions at
 // once. The baselines copy the same number of bytes as one contiguous copy on the
 // backend's swap queues (raw out / raw in) and two such copies on two threads at once
 // (raw both): on the CPU backend a memcpy ("device" memory is host memory), on CUDA a
@@ -36,8 +36,9 @@ double seconds_of(const std::function<void()>& work) {
   return std::chrono::duration<double>(Clock::now() - start).count();
 }
 
-// A session's KV layout in the backend's memory: kSlots used runs spread over an
-// arena twice the used size, filled with non-zero bytes (no page faults while timed).
+// A session's KV layout in the backend's memory: kSlots used runs of equal size (bytes
+// is a multiple of kSlots x 256) at a constant stride over an arena twice the used
+// size, filled with non-zero bytes (no page faults while timed).
 struct FakeSession {
   Backend* backend = nullptr;
   std::byte* arena = nullptr;
@@ -83,7 +84,10 @@ Status bench_swap(const SwapBenchOptions& options) {
   SwapManager swap(*backend, *pool, data);
 
   nlohmann::json rows = nlohmann::json::array();
-  for (size_t bytes = size_t{1} << 20; bytes <= max_bytes; bytes *= 4) {
+  for (size_t size = size_t{1} << 20; size <= max_bytes; size *= 4) {
+    // Equal slots of whole rows, as a session's are: `size` rounded down to kSlots
+    // runs of 256-byte rows (1 MiB: 24 x 43,520 bytes).
+    const size_t bytes = size / kSlots / 256 * 256 * kSlots;
     FakeSession a, b;
     DJINN_RETURN_IF_ERROR(make_session(*backend, bytes, 1, a));
     DJINN_RETURN_IF_ERROR(make_session(*backend, bytes, 2, b));

@@ -46,6 +46,16 @@ Result<ValueId> Graph::try_add_node(OpKind op, std::vector<ValueId> inputs, cons
     types.push_back(values_[static_cast<size_t>(input)].type);
   }
   DJINN_ASSIGN_OR_RETURN(ValueType out_type, infer_output_type(op, attrs, types));
+  // Ops that write in place write KV caches only: a weight is shared by every session
+  // of its model, and an io input belongs to the caller.
+  if (op_has_trait(op, kWritesKv)) {
+    const size_t first_written = op == OpKind::kBatchedDecodeAttention ? 4 : 0;
+    const size_t last_written = op == OpKind::kBatchedDecodeAttention ? inputs.size() : 1;
+    for (size_t i = first_written; i < last_written; ++i)
+      if (const Value& v = values_[static_cast<size_t>(inputs[i])]; v.lifetime != LifetimeClass::kKv)
+        return invalid_argument(fmt::format("{} writes its input {} ('{}'), which is a {} value, not a KV cache",
+                                            op_name(op), i, v.name, lifetime_name(v.lifetime)));
+  }
   const auto node_index = static_cast<int32_t>(nodes_.size());
   const auto out = static_cast<ValueId>(values_.size());
   // An aliasing op's output means what its input 0 means (kv_append yields the cache).

@@ -10,6 +10,9 @@
 //   embedding   (table[V, H], ids[rows] i32)             -> [rows, H] f32
 //   matmul      (x[rows, K], w)                          -> [rows, N] f32
 //               w is [N, K] if attrs.transpose_b (nn.Linear), else [K, N] (GPT-2 Conv1D)
+//   matmul_add  (x[rows, K], w, residual[rows, N] f32)   -> [rows, N] f32: matmul(x, w) + residual, added
+//               in f32 as add(matmul, residual) would (a residual connection after an output
+//               projection: the product's epilogue adds it, one kernel less); w as for matmul
 //   add         (a[rows, N], b[rows, N] or b[N])         -> [rows, N]   (b broadcast over rows)
 //   mul         (a[rows, N], b[rows, N])                 -> [rows, N]
 //   layernorm   (x[rows, H], gamma[H], beta[H]) eps      -> [rows, H]
@@ -64,4 +67,5 @@
   X(ConcatRows, "concat_rows", 2, 0)                   \
   X(LastRow, "last_row", 1, 0)                         \
   X(Argmax, "argmax", 1, 0)                            \
-  X(SiluMul, "silu_mul", 2, kElementwise)
+  X(SiluMul, "silu_mul", 2, kElementwise)              \
+  X(MatMulAdd, "matmul_add", 3, 0)

@@ -32,12 +32,16 @@ Result<ValueType> infer_output_type(OpKind op, const OpAttrs& attrs, std::span<c
       if (!float_matrix(in[0]) || !is_vector(in[1]) || in[1].dtype != DType::kI32)
         return mismatch(op, in, "needs table[V, H] and i32 ids[rows]");
       return ValueType{DType::kF32, {in[1].shape[0], in[0].shape[1]}};
-    case OpKind::kMatMul: {
+    case OpKind::kMatMul:
+    case OpKind::kMatMulAdd: {
       if (!float_matrix(in[0]) || !float_matrix(in[1])) return mismatch(op, in, "needs two matrices");
       const Dim k_w = attrs.transpose_b ? in[1].shape[1] : in[1].shape[0];
       const Dim n_w = attrs.transpose_b ? in[1].shape[0] : in[1].shape[1];
       if (!(in[0].shape[1] == k_w)) return mismatch(op, in, "inner dimensions differ");
-      return ValueType{DType::kF32, {in[0].shape[0], n_w}};
+      ValueType product{DType::kF32, {in[0].shape[0], n_w}};
+      if (op == OpKind::kMatMulAdd && !(in[2] == product))
+        return mismatch(op, in, "the residual must be f32 of the product's shape");
+      return product;
     }
     case OpKind::kAdd:
     case OpKind::kMul: {

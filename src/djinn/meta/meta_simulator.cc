@@ -28,7 +28,11 @@ double op_flops(const Node& node, const std::vector<Shape>& shapes, const Symbol
   const Shape& out = shapes[static_cast<size_t>(node.output)];
   const double out_elements = static_cast<double>(num_elements(out));
   switch (node.op) {
-    case OpKind::kMatMul: return 2.0 * out_elements * static_cast<double>(shapes[static_cast<size_t>(node.inputs[0])][1]);
+    case OpKind::kMatMul:
+    case OpKind::kMatMulAdd: {
+      const double k = static_cast<double>(shapes[static_cast<size_t>(node.inputs[0])][1]);
+      return 2.0 * out_elements * k + (node.op == OpKind::kMatMulAdd ? out_elements : 0.0);
+    }
     case OpKind::kAttention: {
       const double total = static_cast<double>(symbols.past + symbols.seq);
       return 4.0 * static_cast<double>(out[0]) * total * static_cast<double>(node.attrs.n_heads * node.attrs.head_dim);

@@ -21,6 +21,9 @@ ModelGraph build_llama_graph(const ModelConfig& c, const GraphOptions& options) 
   auto linear = [&](ValueId x, const std::string& name, int64_t in, int64_t out) {
     return b.linear(x, b.weight(name, {out, in}), /*transpose_b=*/true);
   };
+  auto linear_add = [&](ValueId x, const std::string& name, int64_t in, int64_t out, ValueId residual) {
+    return b.node(OpKind::kMatMulAdd, {x, b.weight(name, {out, in}), residual}, OpAttrs{.transpose_b = true});
+  };
   const OpAttrs rope_attrs{.head_dim = c.head_dim, .rope_theta = c.rope_theta};
 
   ModelGraph& g = b.out();
@@ -35,14 +38,14 @@ ModelGraph build_llama_graph(const ModelConfig& c, const GraphOptions& options) 
                              rope_attrs);
     const ValueId v = linear(h, p + ".self_attn.v_proj.weight", hidden, kv_width);
     const ValueId attn = b.attend(layer, q, k, v, 1.0f / std::sqrt(static_cast<float>(c.head_dim)));
-    x = b.node(OpKind::kAdd, {x, linear(attn, p + ".self_attn.o_proj.weight", q_width, hidden)});
+    // Residual connections: each output projection adds x as it writes (matmul_add).
+    x = linear_add(attn, p + ".self_attn.o_proj.weight", q_width, hidden, x);
 
     const ValueId h2 = rmsnorm(x, p + ".post_attention_layernorm.weight");
     // SwiGLU: silu(gate) * up in one op (one pass over the activations, one kernel less).
     const ValueId gate = linear(h2, p + ".mlp.gate_proj.weight", hidden, c.intermediate_size);
     const ValueId up = linear(h2, p + ".mlp.up_proj.weight", hidden, c.intermediate_size);
-    const ValueId down = linear(b.node(OpKind::kSiluMul, {gate, up}), p + ".mlp.down_proj.weight", c.intermediate_size, hidden);
-    x = b.node(OpKind::kAdd, {x, down});
+    x = linear_add(b.node(OpKind::kSiluMul, {gate, up}), p + ".mlp.down_proj.weight", c.intermediate_size, hidden, x);
   }
   const ValueId lm_head = c.tie_embeddings ? embed : b.weight("lm_head.weight", {c.vocab_size, hidden});
   return b.finish(rmsnorm(x, "model.norm.weight"), lm_head);

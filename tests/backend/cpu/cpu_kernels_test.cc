@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "djinn/backend/cpu/compute_pool.h"
+#include "djinn/backend/cpu/cpu_backend.h"
 #include "djinn/backend/cpu/cpu_kernels.h"
 #include "djinn/backend/cpu/skinny_gemm.h"
 #include "djinn/backend/cpu/vector_kernels.h"
@@ -29,7 +30,9 @@
 #include "djinn/core/tensor.h"
 #include "djinn/graph/op.h"
 
+using djinn::CpuBackend;
 using djinn::DType;
+using djinn::OpKind;
 using djinn::OpAttrs;
 using djinn::Shape;
 using djinn::Status;
@@ -636,6 +639,26 @@ TEST(CpuSiluMul, EqualsSiluThenMulBitForBit) {
       ASSERT_TRUE(cpu::mul(f32_view(gate, {rows, cols}), f32_view(b, {rows, cols}), f32_view(want, {rows, cols})).ok());
       EXPECT_EQ(std::memcmp(fused.data(), want.data(), want.size() * sizeof(float)), 0) << rows << "x" << cols;
     }
+}
+
+// matmul_add through the backend: the product, then the residual added in place, equal
+// bit for bit to matmul then add (the order the Llama graph used before the fusion).
+TEST(CpuMatMulAdd, EqualsMatMulThenAddBitForBit) {
+  CpuBackend cpu;
+  uint32_t seed = 1470;
+  for (int64_t m : {1, 4, 17}) {
+    const int64_t k = 79, n = 33;
+    auto x = random_floats(sz(m * k), seed++, -1, 1);
+    auto w = random_floats(sz(n * k), seed++, -1, 1);
+    auto residual = random_floats(sz(m * n), seed++, -3, 3);
+    std::vector<float> product(sz(m * n)), want(sz(m * n)), got(sz(m * n));
+    const TensorView xv = f32_view(x, {m, k}), wv = f32_view(w, {n, k}), rv = f32_view(residual, {m, n});
+    ASSERT_TRUE(cpu::matmul(xv, wv, /*transpose_b=*/true, f32_view(product, {m, n})).ok());
+    ASSERT_TRUE(cpu::add(rv, f32_view(product, {m, n}), f32_view(want, {m, n})).ok());
+    const TensorView* inputs[] = {&xv, &wv, &rv};
+    ASSERT_TRUE(cpu.run_op(OpKind::kMatMulAdd, OpAttrs{.transpose_b = true}, inputs, f32_view(got, {m, n}), {}).ok());
+    EXPECT_EQ(std::memcmp(got.data(), want.data(), want.size() * sizeof(float)), 0) << "m=" << m;
+  }
 }
 
 // ---------------------------------------------------------------------------------

@@ -100,6 +100,7 @@ constexpr const char* covering_test(OpKind op) {
     case OpKind::kLastRow: return "CudaOps.LastRow*";
     case OpKind::kArgmax: return "CudaOps.Argmax*";
     case OpKind::kSiluMul: return "CudaOps.SiluMul*";
+    case OpKind::kMatMulAdd: return "CudaOps.MatMulAdd*";
   }
   return "";
 }
@@ -652,6 +653,31 @@ TEST_F(CudaOps, MatMulDecodeRowsByGemvAgreeWithCpuToF32Rounding) {
           expect_matches_cpu(c, kGemvTol);
           if (HasFatalFailure()) return;
         }
+}
+
+// matmul_add is matmul then add (the residual added in f32 as the product is written):
+// bit for bit on the GEMV's row counts and on cuBLAS's, and near the CPU.
+TEST_F(CudaOps, MatMulAddEqualsMatMulThenAddBitForBit) {
+  Rng rng(420);
+  const int64_t k = 136, n = 77;
+  for (DType w_dtype : {DType::kF32, DType::kF16, DType::kBF16})
+    for (int64_t m : {1, 3, 17}) {
+      SCOPED_TRACE(::testing::Message() << "m=" << m << " w=" << dname(w_dtype));
+      const HostData x = f32_data(round_through(rng.floats(m * k), w_dtype), {m, k});
+      const HostData w = stored(rng.floats(k * n), w_dtype, Shape{n, k});
+      const HostData residual = f32_data(rng.floats(m * n), {m, n});
+      const OpAttrs attrs{.transpose_b = true};
+      const OpRun product = run_on(*cuda_, OpCase{OpKind::kMatMul, attrs, {x, w}, {m, n}, DType::kF32, {m, 0}});
+      ASSERT_TRUE(product.status.ok()) << product.status.to_string();
+      const OpRun sum = run_on(*cuda_, OpCase{OpKind::kAdd, {}, {residual, product.output}, {m, n}, DType::kF32, {m, 0}});
+      ASSERT_TRUE(sum.status.ok()) << sum.status.to_string();
+      const OpCase fused{OpKind::kMatMulAdd, attrs, {x, w, residual}, {m, n}, DType::kF32, {m, 0}};
+      const OpRun got = run_on(*cuda_, fused);
+      ASSERT_TRUE(got.status.ok()) << got.status.to_string();
+      EXPECT_EQ(got.output.bytes, sum.output.bytes);
+      expect_matches_cpu(fused, compute_tolerance(w_dtype));
+      if (HasFatalFailure()) return;
+    }
 }
 
 // The GEMV rounds x to the weight's dtype itself: given x straight from f32, it must

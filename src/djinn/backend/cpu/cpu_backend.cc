@@ -20,6 +20,9 @@ Status CpuBackend::run_op(OpKind op, const OpAttrs& a, std::span<const TensorVie
   switch (op) {
     case OpKind::kEmbedding: return cpu::embedding(*in[0], *in[1], out);
     case OpKind::kMatMul: return cpu::matmul(*in[0], *in[1], a.transpose_b, out);
+    case OpKind::kMatMulAdd:  // the product, then the residual added in place (elementwise)
+      DJINN_RETURN_IF_ERROR(cpu::matmul(*in[0], *in[1], a.transpose_b, out));
+      return cpu::add(out, *in[2], out);
     case OpKind::kAdd: return cpu::add(*in[0], *in[1], out);
     case OpKind::kMul: return cpu::mul(*in[0], *in[1], out);
     case OpKind::kLayerNorm: return cpu::layernorm(*in[0], *in[1], *in[2], a.eps, out);

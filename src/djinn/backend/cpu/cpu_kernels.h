@@ -18,7 +18,7 @@ namespace djinn::cpu {
 
 Status embedding(const TensorView& table, const TensorView& ids, const TensorView& out);
 Status matmul(const TensorView& x, const TensorView& w, bool transpose_b, const TensorView& out);
-Status add(const TensorView& a, const TensorView& b, const TensorView& out);
+Status add(const TensorView& a, const TensorView& b, const TensorView& out);  // out may be a
 Status mul(const TensorView& a, const TensorView& b, const TensorView& out);
 Status layernorm(const TensorView& x, const TensorView& gamma, const TensorView& beta, float eps,
                  const TensorView& out);

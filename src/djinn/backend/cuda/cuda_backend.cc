@@ -111,6 +111,10 @@ Status CudaBackend::init() {
   span_copy_max_bytes_ = host_pointers != 0 ? size_t{4} << 20 : 0;
   if (const char* env = std::getenv("DJINN_CUDA_SPAN_COPY_MAX_MB"); env != nullptr && host_pointers != 0)
     span_copy_max_bytes_ = static_cast<size_t>(std::max(0.0, std::atof(env)) * (1 << 20));
+  // DJINN_CUDA_COPY_2D=0: a session's KV slots move as a batch of copies (or by the
+  // span-copy kernel) instead of one 2D copy.
+  if (const char* env = std::getenv("DJINN_CUDA_COPY_2D"); env != nullptr && std::string_view(env) == "0")
+    copy_2d_ = false;
   // DJINN_CUDA_GEMV=0: decode products through cuBLAS too (the baseline of the GEMV).
   if (const char* env = std::getenv("DJINN_CUDA_GEMV"); env != nullptr && std::string_view(env) == "0")
     gemv_enabled_ = false;
@@ -225,6 +229,15 @@ Status CudaBackend::issue_copies(std::span<const CopyRegion> regions, CopyQueue 
   // Several regions (a swap moves every KV slot's used rows): one batched call, so the
   // driver can keep the copy engine busy instead of paying a call per region. Where
   // the batch call is refused (an older driver), one cudaMemcpyAsync per region.
+  // A session's KV slots (equal runs at a constant stride) to or from one slice: one
+  // 2D copy, which the copy engine moves as fast as a contiguous one.
+  if (copy_2d_)
+    if (const std::optional<PitchedCopy> p = as_pitched_copy(regions)) {
+      if (cudaMemcpy2DAsync(p->dst, p->dst_pitch, p->src, p->src_pitch, p->width, p->height, cudaMemcpyDefault,
+                            stream) == cudaSuccess)
+        return {};
+      (void)cudaGetLastError();  // refused (a pitch beyond the device's limit): the copies below
+    }
   std::vector<void*> dsts;
   std::vector<const void*> srcs;
   std::vector<size_t> sizes;
@@ -358,7 +371,7 @@ Result<std::shared_ptr<QueueEvent>> CudaBackend::copy_async(std::span<const Copy
   auto event = std::make_shared<CudaCopyEvent>(event_pool_, start, *end);  // gives both back when gone
   DJINN_CUDA_RETURN_IF_ERROR(cudaEventRecord(start, stream));
   auto issue = [&]() -> Status {
-    if (span_copy_fits(regions, queue)) {
+    if (!(copy_2d_ && as_pitched_copy(regions).has_value()) && span_copy_fits(regions, queue)) {
       gpu::SpanCopyTable table{};
       for (const CopyRegion& r : regions)
         if (r.bytes > 0) table.spans[table.count++] = gpu::SpanCopy{r.src, r.dst, r.bytes};
@@ -492,21 +505,40 @@ void CudaBackend::forget_narrowed_if_written(const TensorView& out) {
 // Ops
 // ---------------------------------------------------------------------------------
 
-Status CudaBackend::matmul(const TensorView& x, const TensorView& w, bool transpose_b, const TensorView& out) {
-  constexpr OpKind op = OpKind::kMatMul;
+Status CudaBackend::matmul(const TensorView& x, const TensorView& w, bool transpose_b, const TensorView* residual,
+                           const TensorView& out) {
+  const OpKind op = residual != nullptr ? OpKind::kMatMulAdd : OpKind::kMatMul;
   DJINN_RETURN_IF_ERROR(check_f32(op, x, "x"));
   DJINN_RETURN_IF_ERROR(check_f32(op, out, "out"));
+  if (residual != nullptr) DJINN_RETURN_IF_ERROR(check_f32(op, *residual, "residual"));
   DJINN_ASSIGN_OR_RETURN(const gpu::Dtype w_dtype, check_storage(op, w, "w"));
   const int64_t m = x.dim(0), k = x.dim(1), n = out.dim(1);
   if (m == 0 || n == 0) return {};
-  if (k == 0) return zero(out.data, out.nbytes());  // empty sums
   if (m > INT_MAX || n > INT_MAX || k > INT_MAX) return unsupported(op, x, "dimensions beyond 2^31");
   // A decode step's few rows against nn.Linear weights: the GEMV kernel, which rounds
-  // x itself (no narrowing kernel) and streams the weight faster than cuBLAS does.
-  if (transpose_b && gemv_enabled_ && gpu::gemv_supported(w.data, w_dtype, x.as<const float>(), m, n, k)) {
-    DJINN_CUDA_RETURN_IF_ERROR(gpu::gemv(w.data, w_dtype, x.as<const float>(), m, n, k, out.as<float>(), compute_));
+  // x itself (no narrowing kernel), streams the weight faster than cuBLAS does and adds
+  // the residual as it writes.
+  if (k > 0 && transpose_b && gemv_enabled_ && gpu::gemv_supported(w.data, w_dtype, x.as<const float>(), m, n, k)) {
+    DJINN_CUDA_RETURN_IF_ERROR(gpu::gemv(w.data, w_dtype, x.as<const float>(), m, n, k,
+                                         residual != nullptr ? residual->as<const float>() : nullptr, out.as<float>(),
+                                         compute_));
     return {};
   }
+  if (k == 0) {
+    DJINN_RETURN_IF_ERROR(zero(out.data, out.nbytes()));  // empty sums
+  } else {
+    DJINN_RETURN_IF_ERROR(gemm(x, w, w_dtype, transpose_b, out));
+  }
+  if (residual != nullptr)  // in place, one f32 add per element as the add op
+    DJINN_CUDA_RETURN_IF_ERROR(gpu::binary(gpu::BinaryOp::kAdd, out.as<const float>(), residual->data, gpu::Dtype::kF32,
+                                           false, m, n, out.as<float>(), compute_));
+  return {};
+}
+
+// out = x . op(w) by cuBLAS (cuBLASLt where tuned); m, n, k in [1, 2^31).
+Status CudaBackend::gemm(const TensorView& x, const TensorView& w, gpu::Dtype w_dtype, bool transpose_b,
+                         const TensorView& out) {
+  const int64_t m = x.dim(0), k = x.dim(1), n = out.dim(1);
   // Row-major out[m, n] = x[m, k] . op(w) is column-major out^T[n, m] = op(w)^T . x^T:
   // w's row-major buffer read column-major is w^T, so op(w)^T is w's buffer itself
   // (w [k, n]: OP_N, ld n) or its transpose (w [n, k], transpose_b: OP_T, ld k).
@@ -703,7 +735,8 @@ Status CudaBackend::dispatch_op(OpKind op, const OpAttrs& a, std::span<const Ten
                                                 ids.dim(0), out.as<float>(), error_, compute_));
       return {};
     }
-    case OpKind::kMatMul: return matmul(*in[0], *in[1], a.transpose_b, out);
+    case OpKind::kMatMul: return matmul(*in[0], *in[1], a.transpose_b, nullptr, out);
+    case OpKind::kMatMulAdd: return matmul(*in[0], *in[1], a.transpose_b, in[2], out);
     case OpKind::kAdd:
     case OpKind::kMul: {
       const TensorView &x = *in[0], &y = *in[1];

@@ -43,6 +43,7 @@ struct CUevent_st;
 namespace djinn {
 namespace gpu {
 struct DeviceError;
+enum class Dtype : int;  // cuda_kernels.h
 }
 class TunedGemm;
 
@@ -114,7 +115,10 @@ class CudaBackend final : public Backend {
   // Whether [begin, end) lies in registered memory (one range or adjacent ones).
   bool registered(const std::byte* begin, const std::byte* end) const;
 
-  Status matmul(const TensorView& x, const TensorView& w, bool transpose_b, const TensorView& out);
+  // matmul, or matmul_add when `residual` is given.
+  Status matmul(const TensorView& x, const TensorView& w, bool transpose_b, const TensorView* residual,
+                const TensorView& out);
+  Status gemm(const TensorView& x, const TensorView& w, gpu::Dtype w_dtype, bool transpose_b, const TensorView& out);
   Status attention(const TensorView& q, const TensorView& k_cache, const TensorView& v_cache,
                    const TensorView& positions, const OpAttrs& attrs, const TensorView& out);
   Status batched_decode_attention(const TensorView& q, const TensorView& k_new, const TensorView& v_new,
@@ -141,6 +145,7 @@ class CudaBackend final : public Backend {
 
   int sm_count_ = 0;
   bool gemv_enabled_ = true;  // gpu::gemv for decode-shaped 16-bit products (DJINN_CUDA_GEMV)
+  bool copy_2d_ = true;       // pitched region lists as one cudaMemcpy2DAsync (DJINN_CUDA_COPY_2D)
   CUstream_st* compute_ = nullptr;
   CUstream_st* swap_out_ = nullptr;
   CUstream_st* swap_in_ = nullptr;

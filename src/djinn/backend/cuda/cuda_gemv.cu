@@ -68,10 +68,11 @@ __device__ __forceinline__ void accumulate(const uint4& w8, const float* __restr
 
 // out[r, col] = sum_j round(x[r, j]) * w[col, j]: warp `col` reads weight row col in
 // 8-element chunks, lane l taking chunks l, l + 32, ...; the partial sums meet in a
-// warp reduction.
+// warp reduction, plus residual[r, col] when there is one.
 template <typename T, int M>
 __global__ void __launch_bounds__(kGemvThreads)
-    gemv_kernel(const T* __restrict__ w, const float* __restrict__ x, int64_t n, int64_t k, float* __restrict__ out) {
+    gemv_kernel(const T* __restrict__ w, const float* __restrict__ x, int64_t n, int64_t k,
+                const float* __restrict__ residual, float* __restrict__ out) {
   detail::await_prior_grids();
   const int lane = threadIdx.x % 32;
   const int64_t col = static_cast<int64_t>(blockIdx.x) * kGemvWarps + threadIdx.x / 32;
@@ -91,25 +92,27 @@ __global__ void __launch_bounds__(kGemvThreads)
 #pragma unroll
   for (int r = 0; r < M; ++r) {
     const float sum = warp_reduce(acc[r], SumOp{});
-    if (lane == 0) out[r * n + col] = sum;
+    if (lane == 0) out[r * n + col] = residual != nullptr ? sum + residual[r * n + col] : sum;
   }
 }
 
 template <typename T, int M>
-cudaError_t launch(const void* w, const float* x, int64_t n, int64_t k, float* out, cudaStream_t stream) {
+cudaError_t launch(const void* w, const float* x, int64_t n, int64_t k, const float* residual, float* out,
+                   cudaStream_t stream) {
   const auto blocks = static_cast<unsigned>((n + kGemvWarps - 1) / kGemvWarps);
-  (void)detail::launch(gemv_kernel<T, M>, blocks, kGemvThreads, 0, stream, static_cast<const T*>(w), x, n, k, out);
+  (void)detail::launch(gemv_kernel<T, M>, blocks, kGemvThreads, 0, stream, static_cast<const T*>(w), x, n, k, residual,
+                       out);
   return cudaGetLastError();  // and clears it, as every launcher does
 }
 
 template <typename T>
-cudaError_t launch_rows(const void* w, const float* x, int64_t m, int64_t n, int64_t k, float* out,
-                        cudaStream_t stream) {
+cudaError_t launch_rows(const void* w, const float* x, int64_t m, int64_t n, int64_t k, const float* residual,
+                        float* out, cudaStream_t stream) {
   switch (m) {
-    case 1: return launch<T, 1>(w, x, n, k, out, stream);
-    case 2: return launch<T, 2>(w, x, n, k, out, stream);
-    case 3: return launch<T, 3>(w, x, n, k, out, stream);
-    case 4: return launch<T, 4>(w, x, n, k, out, stream);
+    case 1: return launch<T, 1>(w, x, n, k, residual, out, stream);
+    case 2: return launch<T, 2>(w, x, n, k, residual, out, stream);
+    case 3: return launch<T, 3>(w, x, n, k, residual, out, stream);
+    case 4: return launch<T, 4>(w, x, n, k, residual, out, stream);
   }
   return cudaErrorInvalidValue;
 }
@@ -121,11 +124,11 @@ bool gemv_supported(const void* w, Dtype dtype, const float* x, int64_t m, int64
          k % 8 == 0 && detail::aligned(w, 16) && detail::aligned(x, 16);
 }
 
-cudaError_t gemv(const void* w, Dtype dtype, const float* x, int64_t m, int64_t n, int64_t k, float* out,
-                 cudaStream_t stream) {
+cudaError_t gemv(const void* w, Dtype dtype, const float* x, int64_t m, int64_t n, int64_t k, const float* residual,
+                 float* out, cudaStream_t stream) {
   if (!gemv_supported(w, dtype, x, m, n, k)) return cudaErrorInvalidValue;
-  if (dtype == Dtype::kF16) return launch_rows<__half>(w, x, m, n, k, out, stream);
-  return launch_rows<__nv_bfloat16>(w, x, m, n, k, out, stream);
+  if (dtype == Dtype::kF16) return launch_rows<__half>(w, x, m, n, k, residual, out, stream);
+  return launch_rows<__nv_bfloat16>(w, x, m, n, k, residual, out, stream);
 }
 
 }  // namespace djinn::gpu

@@ -92,10 +92,11 @@ cudaError_t copy_spans(const SpanCopyTable& table, cudaStream_t stream);
 // kMaxGemvRows, n < 2^31, k a multiple of 8, w and x 16-byte aligned. One warp per
 // output column, so the summation order differs from cuBLAS's: f32 rounding, ~1e-7
 // relative to the sum of |products| (more relative to a result that cancels).
+// `residual` (nullable) is [m, n] f32 dense, added to each sum in f32 (matmul_add).
 inline constexpr int64_t kMaxGemvRows = 4;
 bool gemv_supported(const void* w, Dtype dtype, const float* x, int64_t m, int64_t n, int64_t k);
-cudaError_t gemv(const void* w, Dtype dtype, const float* x, int64_t m, int64_t n, int64_t k, float* out,
-                 cudaStream_t stream);
+cudaError_t gemv(const void* w, Dtype dtype, const float* x, int64_t m, int64_t n, int64_t k, const float* residual,
+                 float* out, cudaStream_t stream);
 
 // ---------------------------------------------------------------------------------
 // Gathers, conversions, elementwise
