@@ -97,7 +97,7 @@ Status bench_swap(const SwapBenchOptions& options) {
     const CopyRegion raw_out_a{slice_a, a.arena, bytes}, raw_in_a{a.arena, slice_a, bytes}, raw_in_b{b.arena, slice_b, bytes};
     auto raw = [&](const CopyRegion& region, CopyQueue queue) { return backend->copy({&region, 1}, queue); };
     const int repeats = bytes <= (16u << 20) ? 9 : 3;
-    std::vector<double> out, in, both, raw_out, raw_in, raw_both, out_copy, in_copy;
+    std::vector<double> out, in, both, raw_out, raw_in, raw_both, out_copy, in_copy, out_issue, in_issue;
     for (int r = 0; r < repeats + 1; ++r) {  // the first round warms up and is dropped
       const bool keep = r > 0;
       // Every copy's status is kept: a failed copy is an error, never a fast one.
@@ -106,10 +106,22 @@ Status bench_swap(const SwapBenchOptions& options) {
         if (failed.ok() && !s.ok()) failed = std::move(s);
       };
       SwapStats before = swap.stats();
-      const double t_out = seconds_of([&] { keep_error(swap.gather(a.spans, slice_a).wait()); });
+      // Also how long the call that starts a swap takes: host work before the copy runs.
+      double issue_out = 0, issue_in = 0;
+      const double t_out = seconds_of([&] {
+        const auto start = Clock::now();
+        SwapTicket ticket = swap.gather(a.spans, slice_a);
+        issue_out = std::chrono::duration<double>(Clock::now() - start).count();
+        keep_error(ticket.wait());
+      });
       const double c_out = swap.stats().seconds_out - before.seconds_out;
       before = swap.stats();
-      const double t_in = seconds_of([&] { keep_error(swap.scatter(slice_a, a.spans).wait()); });
+      const double t_in = seconds_of([&] {
+        const auto start = Clock::now();
+        SwapTicket ticket = swap.scatter(slice_a, a.spans);
+        issue_in = std::chrono::duration<double>(Clock::now() - start).count();
+        keep_error(ticket.wait());
+      });
       const double c_in = swap.stats().seconds_in - before.seconds_in;
       const double t_both = seconds_of([&] {
         SwapTicket t1 = swap.gather(a.spans, slice_a);
@@ -129,6 +141,8 @@ Status bench_swap(const SwapBenchOptions& options) {
       DJINN_RETURN_IF_ERROR(failed);
       if (!keep) continue;
       out.push_back(t_out);
+      out_issue.push_back(issue_out);
+      in_issue.push_back(issue_in);
       out_copy.push_back(c_out);
       in.push_back(t_in);
       in_copy.push_back(c_in);
@@ -154,6 +168,9 @@ Status bench_swap(const SwapBenchOptions& options) {
                     // The copy alone, timed on the worker: without the hand-off to it.
                     {"out_copy_gbps", gbps(out_copy, 1)},
                     {"in_copy_gbps", gbps(in_copy, 1)},
+                    // The call that starts a swap (CUDA: ordering, events, the copy call), µs.
+                    {"out_issue_us", 1e6 * percentile(out_issue, 50)},
+                    {"in_issue_us", 1e6 * percentile(in_issue, 50)},
                     {"repeats", repeats}});
     pool->free(slice_a);
     pool->free(slice_b);

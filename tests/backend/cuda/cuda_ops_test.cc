@@ -644,7 +644,7 @@ TEST_F(CudaOps, MatMulDecodeRowsByGemvAgreeWithCpuToF32Rounding) {
   Rng rng(360);
   for (DType w_dtype : {DType::kF16, DType::kBF16})
     for (int64_t m : {1, 2, 3, 4, 5})
-      for (int64_t k : {8, 136, 1032, 4104})
+      for (int64_t k : {8, 136, 1032, 2304, 2560, 4104})  // 2304, 2560: rounds of 9 and 10 loads at one row
         for (int64_t n : {1, 9, 257}) {
           SCOPED_TRACE(::testing::Message() << "m=" << m << " k=" << k << " n=" << n << " w=" << dname(w_dtype));
           OpCase c{OpKind::kMatMul, OpAttrs{.transpose_b = true}, {}, {m, n}, DType::kF32, {m, 0}};

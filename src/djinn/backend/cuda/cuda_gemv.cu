@@ -4,11 +4,13 @@
 // Why not cuBLAS: at one to four activation rows the product is a stream over the
 // weight, and its speed is how many weight bytes are in flight. With cuBLASLt's best
 // algorithms for M = 1 a Llama-2-13B decode step took 9.5-9.8 ms on an H200, with this
-// kernel 8.8 (same runs). Each lane keeps eight 16-byte weight loads in flight (4:
-// 9.02 ms, 16: 9.62), with loads that leave L1 to x. It reads x as f32 and rounds it
+// kernel 8.8 (same runs). Each lane issues its 16-byte weight loads in rounds of eight
+// (4: 9.02 ms, 16: 9.62; one row: 9 or 10, see gemv_kernel), with loads that leave L1
+// to x. It reads x as f32 and rounds it
 // to the weight's dtype in registers, so the narrowing kernel before each GEMM goes too.
 // (Also measured and dropped, H200, same runs: prefetching the first weights into L2
-// before the wait for the kernel before, 9.09 vs 8.89 ms; launching the products of one
+// before the wait for the kernel before, 9.09 vs 8.89 ms (on an H100, a variant that
+// loaded its first round into registers before the wait: 12.14 vs 12.23 ms without); launching the products of one
 // x together, q / k / v and gate / up, 9.09 vs 9.12. And on an H100: four warps per
 // column, each with every fourth chunk, summed in shared memory, were 6-16 % faster
 // per product launched back to back in isolation, yet the decode step went from
@@ -27,7 +29,7 @@ using detail::warp_reduce;
 
 constexpr int kGemvWarps = 8;  // one output column per warp
 constexpr int kGemvThreads = 32 * kGemvWarps;
-constexpr int kUnroll = 8;     // 16-byte weight loads in flight per lane
+constexpr int kUnroll = 8;     // 16-byte weight loads a lane issues per round (but see gemv_kernel)
 
 // A weight load that bypasses L1 (read once) and may use the read-only path.
 __device__ __forceinline__ uint4 load_streaming(const uint4* p) {
@@ -69,7 +71,15 @@ __device__ __forceinline__ void accumulate(const uint4& w8, const float* __restr
 // out[r, col] = sum_j round(x[r, j]) * w[col, j]: warp `col` reads weight row col in
 // 8-element chunks, lane l taking chunks l, l + 32, ...; the partial sums meet in a
 // warp reduction, plus residual[r, col] when there is one.
-template <typename T, int M>
+//
+// A lane reads its chunks in rounds of U loads, then one at a time for what is left.
+// ptxas keeps the kernel at 32 registers (one row), so fewer than U loads are really in
+// flight at once; what counts is that a row ends in whole rounds: Llama-2-13B's rows are
+// 20 chunks a lane (5120 columns: U = 10) and 54 (13824: U = 9), and with U = 8 their
+// tails of 4 and 6 single loads took the decode step from 10.71 to 10.84 ms (H100, same
+// run). Forcing more registers to keep every load in flight (__launch_bounds__ with 4 or
+// 1 blocks an SM) was slower: 10.96-11.79 ms.
+template <typename T, int M, int U>
 __global__ void __launch_bounds__(kGemvThreads)
     gemv_kernel(const T* __restrict__ w, const float* __restrict__ x, int64_t n, int64_t k,
                 const float* __restrict__ residual, float* __restrict__ out) {
@@ -81,12 +91,12 @@ __global__ void __launch_bounds__(kGemvThreads)
   const int64_t chunks = k / 8;
   float acc[M] = {};
   int64_t c = lane;
-  for (; c + (kUnroll - 1) * 32 < chunks; c += kUnroll * 32) {
-    uint4 w8[kUnroll];
+  for (; c + (U - 1) * 32 < chunks; c += U * 32) {
+    uint4 w8[U];
 #pragma unroll
-    for (int u = 0; u < kUnroll; ++u) w8[u] = load_streaming(row + c + u * 32);
+    for (int u = 0; u < U; ++u) w8[u] = load_streaming(row + c + u * 32);
 #pragma unroll
-    for (int u = 0; u < kUnroll; ++u) accumulate<T, M>(w8[u], x, k, (c + u * 32) * 8, acc);
+    for (int u = 0; u < U; ++u) accumulate<T, M>(w8[u], x, k, (c + u * 32) * 8, acc);
   }
   for (; c < chunks; c += 32) accumulate<T, M>(load_streaming(row + c), x, k, c * 8, acc);
 #pragma unroll
@@ -96,23 +106,34 @@ __global__ void __launch_bounds__(kGemvThreads)
   }
 }
 
-template <typename T, int M>
+template <typename T, int M, int U>
 cudaError_t launch(const void* w, const float* x, int64_t n, int64_t k, const float* residual, float* out,
                    cudaStream_t stream) {
   const auto blocks = static_cast<unsigned>((n + kGemvWarps - 1) / kGemvWarps);
-  (void)detail::launch(gemv_kernel<T, M>, blocks, kGemvThreads, 0, stream, static_cast<const T*>(w), x, n, k, residual,
-                       out);
+  (void)detail::launch(gemv_kernel<T, M, U>, blocks, kGemvThreads, 0, stream, static_cast<const T*>(w), x, n, k,
+                       residual, out);
   return cudaGetLastError();  // and clears it, as every launcher does
+}
+
+// One row: rounds of 10 or 9 loads where a lane's chunks are a whole number of them
+// (see gemv_kernel). More rows keep 8 (at 4 rows, 9 or 10 spill registers).
+template <typename T>
+cudaError_t launch_one_row(const void* w, const float* x, int64_t n, int64_t k, const float* residual, float* out,
+                           cudaStream_t stream) {
+  const int64_t chunks_per_lane = k / 8 / 32;
+  if (k % (8 * 32) == 0 && chunks_per_lane % 10 == 0) return launch<T, 1, 10>(w, x, n, k, residual, out, stream);
+  if (k % (8 * 32) == 0 && chunks_per_lane % 9 == 0) return launch<T, 1, 9>(w, x, n, k, residual, out, stream);
+  return launch<T, 1, kUnroll>(w, x, n, k, residual, out, stream);
 }
 
 template <typename T>
 cudaError_t launch_rows(const void* w, const float* x, int64_t m, int64_t n, int64_t k, const float* residual,
                         float* out, cudaStream_t stream) {
   switch (m) {
-    case 1: return launch<T, 1>(w, x, n, k, residual, out, stream);
-    case 2: return launch<T, 2>(w, x, n, k, residual, out, stream);
-    case 3: return launch<T, 3>(w, x, n, k, residual, out, stream);
-    case 4: return launch<T, 4>(w, x, n, k, residual, out, stream);
+    case 1: return launch_one_row<T>(w, x, n, k, residual, out, stream);
+    case 2: return launch<T, 2, kUnroll>(w, x, n, k, residual, out, stream);
+    case 3: return launch<T, 3, kUnroll>(w, x, n, k, residual, out, stream);
+    case 4: return launch<T, 4, kUnroll>(w, x, n, k, residual, out, stream);
   }
   return cudaErrorInvalidValue;
 }
