@@ -67,8 +67,9 @@ class QueueEvent {
   virtual bool done() = 0;
   // Blocks until done; returns the work's error, if any.
   virtual Status wait() = 0;
-  // Device time of the work between the copy_async call and the event, seconds; 0 when
-  // the backend cannot tell. Valid once done.
+  // Time of the copies, seconds: device time between the copy_async call and the event,
+  // or host time when the backend waited for them in copy_async; 0 when the backend
+  // cannot tell. Valid once done.
   virtual double elapsed_seconds() { return 0; }
 };
 
@@ -101,7 +102,8 @@ class Backend {
   // Asynchronous copies, for backends whose queues run on their own (CUDA streams):
   // issues every region on `queue` (a swap queue), ordered after the compute queue's
   // work so far (the bytes were last written there), and returns without waiting; the
-  // event completes with the copies. Backends without such queues (CPU) return
+  // event completes with the copies. (A backend may wait for a copy so small that
+  // tracking it would cost more than its transfer; its event is then done at once.) Backends without such queues (CPU) return
   // kUnimplemented and the caller copies with copy() on a thread of its own.
   virtual bool supports_async_copy() const { return false; }
   virtual Result<std::shared_ptr<QueueEvent>> copy_async(std::span<const CopyRegion> /*regions*/, CopyQueue /*queue*/) {

@@ -565,6 +565,61 @@ TEST_F(CudaOps, AsyncSpanCopiesRoundTripByKernelAndByCopyEngine) {
   cuda_->deallocate(device);
 }
 
+// A session's swap as the backend sees it: 24 equal slots at a constant stride, packed
+// into one host slice (one 2D copy), and the same with one slot shorter (a batch of
+// copies). Up to 4 MiB with nothing queued ahead the copy is over when copy_async
+// returns (Note [Waited small swaps]); beyond, it runs on its own and is timed on the
+// device. Either way every byte round trips and the time is positive.
+TEST_F(CudaOps, SwapCopiesSmallAreWaitedLargeRunOnTheirOwnAndBothRoundTrip) {
+  constexpr size_t kSlots = 24, kStride = size_t{1} << 20;
+  std::byte* device = static_cast<std::byte*>(cuda_->allocate(kSlots * kStride, 256));
+  ASSERT_NE(device, nullptr);
+  Rng rng(78);
+  std::vector<std::byte> pattern(kSlots * kStride);
+  for (size_t i = 0; i < pattern.size(); i += 4096) pattern[i] = static_cast<std::byte>(rng.ints(1, 1, 255)[0]);
+  for (size_t i = 1; i < pattern.size(); ++i) pattern[i] ^= static_cast<std::byte>(i * 131);
+  std::vector<std::byte> host(kSlots * kStride);
+  ASSERT_TRUE(cuda_->pin_host(host.data(), host.size()).ok());
+  for (size_t slot_bytes : {size_t{43520}, size_t{320} << 10}) {  // 24 slots: ~1 MiB, 7.5 MiB
+    for (bool pitched : {true, false}) {
+      SCOPED_TRACE(::testing::Message() << "slot " << slot_bytes << " pitched " << pitched);
+      ASSERT_TRUE(cuda_->upload(device, pattern.data(), pattern.size()).ok());
+      std::vector<CopyRegion> out, in;
+      size_t at = 0;
+      for (size_t i = 0; i < kSlots; ++i) {
+        const size_t bytes = !pitched && i == kSlots - 1 ? slot_bytes - 256 : slot_bytes;
+        out.push_back({host.data() + at, device + i * kStride, bytes});
+        in.push_back({device + i * kStride, host.data() + at, bytes});
+        at += bytes;
+      }
+      EXPECT_EQ(as_pitched_copy(out).has_value(), pitched);
+      std::fill(host.begin(), host.end(), kPoison);
+      Result<std::shared_ptr<QueueEvent>> copied_out = cuda_->copy_async(out, CopyQueue::kSwapOut);
+      ASSERT_TRUE(copied_out.ok()) << copied_out.status().to_string();
+      if (at <= (size_t{4} << 20)) {
+        EXPECT_TRUE((*copied_out)->done());  // waited: nothing was queued ahead
+      }
+      ASSERT_TRUE((*copied_out)->wait().ok());
+      EXPECT_GT((*copied_out)->elapsed_seconds(), 0.0);
+      for (size_t i = 0, h = 0; i < kSlots; h += out[i].bytes, ++i)
+        ASSERT_EQ(std::memcmp(host.data() + h, pattern.data() + i * kStride, out[i].bytes), 0) << "slot " << i;
+      ASSERT_TRUE(cuda_->zero(device, pattern.size()).ok());
+      ASSERT_TRUE(cuda_->synchronize().ok());
+      Result<std::shared_ptr<QueueEvent>> copied_in = cuda_->copy_async(in, CopyQueue::kSwapIn);
+      ASSERT_TRUE(copied_in.ok()) << copied_in.status().to_string();
+      ASSERT_TRUE(cuda_->compute_waits_for(**copied_in).ok());  // the download below is ordered after it
+      std::vector<std::byte> back(pattern.size());
+      ASSERT_TRUE(cuda_->download(back.data(), device, back.size()).ok());
+      ASSERT_TRUE((*copied_in)->wait().ok());
+      EXPECT_GT((*copied_in)->elapsed_seconds(), 0.0);
+      for (size_t i = 0; i < kSlots; ++i)
+        ASSERT_EQ(std::memcmp(back.data() + i * kStride, pattern.data() + i * kStride, in[i].bytes), 0) << "slot " << i;
+    }
+  }
+  cuda_->unpin_host(host.data());
+  cuda_->deallocate(device);
+}
+
 // ---------------------------------------------------------------------------------
 // embedding
 // ---------------------------------------------------------------------------------

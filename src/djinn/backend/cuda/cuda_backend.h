@@ -102,6 +102,13 @@ class CudaBackend final : public Backend {
   std::shared_ptr<struct CudaEventPool> event_pool_;
   // Issues the copies on `queue`'s stream without waiting.
   Status issue_copies(std::span<const CopyRegion> regions, CopyQueue queue);
+  // A swap's copies on `stream`: one 2D copy, the span-copy kernel, or issue_copies.
+  Status issue_swap_copies(std::span<const CopyRegion> regions, CopyQueue queue, CUstream_st* stream);
+  // copy_async waits for swaps up to this size (Note [Waited small swaps], cuda_backend.cc).
+  static constexpr size_t kWaitedSwapBytes = size_t{4} << 20;
+  // Per swap queue (out, in): an asynchronous swap was issued there and may still run.
+  // Touched only by copy_async's one thread (the executor's, see backend.h).
+  bool async_swaps_pending_[2] = {false, false};
   // Whether a swap's regions go by copy_spans (SM threads) rather than the copy engines:
   // at most span_copy_max_bytes_ in all, 16-byte aligned, the host side mapped memory.
   bool span_copy_fits(std::span<const CopyRegion> regions, CopyQueue queue) const;
