@@ -6,15 +6,17 @@
 // algorithms for M = 1 a Llama-2-13B decode step took 9.5-9.8 ms on an H200, with this
 // kernel 8.8 (same runs). Each lane issues its 16-byte weight loads in rounds of eight
 // (4: 9.02 ms, 16: 9.62; one row: 9 or 10, see gemv_kernel), with loads that leave L1
-// to x. It reads x as f32 and rounds it
-// to the weight's dtype in registers, so the narrowing kernel before each GEMM goes too.
-// (Also measured and dropped, H200, same runs: prefetching the first weights into L2
-// before the wait for the kernel before, 9.09 vs 8.89 ms (on an H100, a variant that
-// loaded its first round into registers before the wait: 12.14 vs 12.23 ms without); launching the products of one
-// x together, q / k / v and gate / up, 9.09 vs 9.12. And on an H100: four warps per
-// column, each with every fourth chunk, summed in shared memory, were 6-16 % faster
-// per product launched back to back in isolation, yet the decode step went from
-// 11.03 to 11.67 ms.)
+// to x. It reads x as f32 and rounds it to the weight's dtype in registers, so the
+// narrowing kernel before each GEMM goes too, and it adds a residual as it writes
+// (matmul_add), so the add kernel after an output projection goes as well.
+//
+// Also measured and dropped (same runs each): on an H200, prefetching the first weights
+// into L2 before the wait for the kernel before, 9.09 vs 8.89 ms; launching the products
+// of one x together, q / k / v and gate / up, 9.09 vs 9.12. On an H100, a variant that
+// loaded its first round into registers before that wait, 12.14 vs 12.23 ms without
+// (not worth its registers); four warps per column, each with every fourth chunk,
+// summed in shared memory, were 6-16 % faster per product launched back to back in
+// isolation, yet the decode step went from 11.03 to 11.67 ms.
 #include "djinn/backend/cuda/cuda_common.cuh"
 #include "djinn/backend/cuda/cuda_kernels.h"
 
