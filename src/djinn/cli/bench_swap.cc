@@ -96,7 +96,7 @@ Status bench_swap(const SwapBenchOptions& options) {
     // The raw baselines: the same bytes as one contiguous copy on the same queues.
     const CopyRegion raw_out_a{slice_a, a.arena, bytes}, raw_in_a{a.arena, slice_a, bytes}, raw_in_b{b.arena, slice_b, bytes};
     auto raw = [&](const CopyRegion& region, CopyQueue queue) { return backend->copy({&region, 1}, queue); };
-    const int repeats = bytes <= (16u << 20) ? 9 : 3;
+    const int repeats = bytes <= (16u << 20) ? 10 : 4;  // even: as many rounds of each order
     std::vector<double> out, in, both, raw_out, raw_in, raw_both, out_copy, in_copy, out_issue, in_issue;
     for (int r = 0; r < repeats + 1; ++r) {  // the first round warms up and is dropped
       const bool keep = r > 0;
@@ -105,38 +105,61 @@ Status bench_swap(const SwapBenchOptions& options) {
       auto keep_error = [&](Status s) {
         if (failed.ok() && !s.ok()) failed = std::move(s);
       };
-      SwapStats before = swap.stats();
       // Also how long the call that starts a swap takes: host work before the copy runs.
-      double issue_out = 0, issue_in = 0;
-      const double t_out = seconds_of([&] {
-        const auto start = Clock::now();
-        SwapTicket ticket = swap.gather(a.spans, slice_a);
-        issue_out = std::chrono::duration<double>(Clock::now() - start).count();
-        keep_error(ticket.wait());
-      });
-      const double c_out = swap.stats().seconds_out - before.seconds_out;
-      before = swap.stats();
-      const double t_in = seconds_of([&] {
-        const auto start = Clock::now();
-        SwapTicket ticket = swap.scatter(slice_a, a.spans);
-        issue_in = std::chrono::duration<double>(Clock::now() - start).count();
-        keep_error(ticket.wait());
-      });
-      const double c_in = swap.stats().seconds_in - before.seconds_in;
-      const double t_both = seconds_of([&] {
-        SwapTicket t1 = swap.gather(a.spans, slice_a);
-        SwapTicket t2 = swap.scatter(slice_b, b.spans);
-        keep_error(t1.wait());
-        keep_error(t2.wait());
-      });
-      const double t_raw_out = seconds_of([&] { keep_error(raw(raw_out_a, CopyQueue::kSwapOut)); });
-      const double t_raw_in = seconds_of([&] { keep_error(raw(raw_in_a, CopyQueue::kSwapIn)); });
+      double t_out = 0, t_in = 0, t_both = 0, t_raw_out = 0, t_raw_in = 0, t_raw_both = 0;
+      double c_out = 0, c_in = 0, issue_out = 0, issue_in = 0;
+      auto swap_out = [&] {
+        const SwapStats before = swap.stats();
+        t_out = seconds_of([&] {
+          const auto start = Clock::now();
+          SwapTicket ticket = swap.gather(a.spans, slice_a);
+          issue_out = std::chrono::duration<double>(Clock::now() - start).count();
+          keep_error(ticket.wait());
+        });
+        c_out = swap.stats().seconds_out - before.seconds_out;
+      };
+      auto swap_in = [&] {
+        const SwapStats before = swap.stats();
+        t_in = seconds_of([&] {
+          const auto start = Clock::now();
+          SwapTicket ticket = swap.scatter(slice_a, a.spans);
+          issue_in = std::chrono::duration<double>(Clock::now() - start).count();
+          keep_error(ticket.wait());
+        });
+        c_in = swap.stats().seconds_in - before.seconds_in;
+      };
+      auto swap_both = [&] {
+        t_both = seconds_of([&] {
+          SwapTicket t1 = swap.gather(a.spans, slice_a);
+          SwapTicket t2 = swap.scatter(slice_b, b.spans);
+          keep_error(t1.wait());
+          keep_error(t2.wait());
+        });
+      };
       Status other_failed;
-      const double t_raw_both = seconds_of([&] {
-        std::thread other([&] { other_failed = raw(raw_in_b, CopyQueue::kSwapIn); });
-        keep_error(raw(raw_out_a, CopyQueue::kSwapOut));
-        other.join();
-      });
+      auto raw_out_copy = [&] { t_raw_out = seconds_of([&] { keep_error(raw(raw_out_a, CopyQueue::kSwapOut)); }); };
+      auto raw_in_copy = [&] { t_raw_in = seconds_of([&] { keep_error(raw(raw_in_a, CopyQueue::kSwapIn)); }); };
+      auto raw_both_copies = [&] {
+        t_raw_both = seconds_of([&] {
+          std::thread other([&] { other_failed = raw(raw_in_b, CopyQueue::kSwapIn); });
+          keep_error(raw(raw_out_a, CopyQueue::kSwapOut));
+          other.join();
+        });
+      };
+      // Each swap beside its raw copy, in turns first and second (ABBA), so that neither
+      // always follows the same kind of work.
+      auto pair = [&](auto& swapped, auto& raw_copy) {
+        if (r % 2 == 0) {
+          swapped();
+          raw_copy();
+        } else {
+          raw_copy();
+          swapped();
+        }
+      };
+      pair(swap_out, raw_out_copy);
+      pair(swap_in, raw_in_copy);
+      pair(swap_both, raw_both_copies);
       keep_error(other_failed);
       DJINN_RETURN_IF_ERROR(failed);
       if (!keep) continue;
