@@ -269,13 +269,9 @@ Status CudaBackend::issue_copies(std::span<const CopyRegion> regions, CopyQueue 
 Status CudaBackend::copy(std::span<const CopyRegion> regions, CopyQueue queue) {
   // A compute-queue copy may write a narrowed GEMM input's source. Swap copies write
   // only arenas and host memory, never an activation (and run on other threads).
-  if (queue == CopyQueue::kCompute) {
-    forget_narrowed();
-    compute_may_be_busy_ = true;
-  }
+  if (queue == CopyQueue::kCompute) forget_narrowed();
   DJINN_RETURN_IF_ERROR(issue_copies(regions, queue));
   DJINN_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream_for(queue)));
-  if (queue == CopyQueue::kCompute) compute_may_be_busy_ = false;
   return {};
 }
 
@@ -368,11 +364,9 @@ Result<std::shared_ptr<QueueEvent>> CudaBackend::copy_async(std::span<const Copy
   // Ordered after the compute stream's work so far: the bytes were last written there
   // (a swap-out's KV), or their destination was last read there (a swap-in's arena).
   // (Nothing to order after when the compute stream is idle: one query instead of two
-  // calls, which a small swap notices; and no query at all when nothing was issued
-  // there since it was last seen idle: ~1 µs of a 1 MiB swap's ~30.)
-  const cudaError_t idle = compute_may_be_busy_ ? cudaStreamQuery(compute_) : cudaSuccess;
+  // calls, which a small swap notices.)
+  const cudaError_t idle = cudaStreamQuery(compute_);
   if (idle != cudaSuccess && idle != cudaErrorNotReady) return cuda_status(idle, "cudaStreamQuery(compute_)");
-  if (idle == cudaSuccess) compute_may_be_busy_ = false;
   if (idle == cudaErrorNotReady) {
     DJINN_ASSIGN_OR_RETURN(cudaEvent_t after_compute, event_pool_->take(false));
     cudaError_t ordered = cudaEventRecord(after_compute, compute_);
@@ -487,14 +481,12 @@ bool CudaBackend::registered(const std::byte* begin, const std::byte* end) const
 Status CudaBackend::compute_waits_for(QueueEvent& event) {
   auto* copy = dynamic_cast<CudaCopyEvent*>(&event);
   if (copy == nullptr) return event.wait();  // not one of ours: wait on the host
-  compute_may_be_busy_ = true;
   DJINN_CUDA_RETURN_IF_ERROR(cudaStreamWaitEvent(compute_, copy->end(), 0));
   return {};
 }
 
 Status CudaBackend::zero(void* dst, size_t bytes) {
   forget_narrowed();
-  compute_may_be_busy_ = true;
   if (bytes > 0) DJINN_CUDA_RETURN_IF_ERROR(cudaMemsetAsync(dst, 0, bytes, compute_));
   return {};
 }
@@ -503,13 +495,11 @@ Status CudaBackend::synchronize() {
   DJINN_CUDA_RETURN_IF_ERROR(
       cudaMemcpyAsync(error_host_, error_, sizeof(gpu::DeviceError), cudaMemcpyDeviceToHost, compute_));
   DJINN_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(compute_));
-  compute_may_be_busy_ = false;
   if (profile_.enabled) collect_profile();
   if (error_host_->code == gpu::kNoDeviceError) return {};
   const gpu::DeviceError recorded = *error_host_;
   *error_host_ = gpu::DeviceError{};
   // Ordered before every later kernel on the compute stream.
-  compute_may_be_busy_ = true;
   DJINN_CUDA_RETURN_IF_ERROR(cudaMemsetAsync(error_, 0, sizeof(gpu::DeviceError), compute_));
   return device_error_status(recorded);
 }
@@ -734,7 +724,6 @@ Status CudaBackend::copy_rows(const TensorView& x, int64_t start, int64_t length
 
 Status CudaBackend::run_op(OpKind op, const OpAttrs& attrs, std::span<const TensorView* const> inputs,
                            const TensorView& output, const SymbolBindings& /*bindings: positions come from the device*/) {
-  compute_may_be_busy_ = true;
   if (!profile_.enabled || capturing_) return dispatch_op(op, attrs, inputs, output);
   CUevent_st* start = profile_event();
   CUevent_st* end = profile_event();
@@ -962,7 +951,6 @@ Result<bool> CudaBackend::replay(uint64_t capture) {
   auto it = captures_.find(capture);
   if (it == captures_.end()) return false;
   forget_narrowed();
-  compute_may_be_busy_ = true;
   DJINN_CUDA_RETURN_IF_ERROR(cudaGraphLaunch(it->second, compute_));
   return true;
 }

@@ -109,10 +109,6 @@ class CudaBackend final : public Backend {
   // Per swap queue (out, in): an asynchronous swap was issued there and may still run.
   // Touched only by copy_async's one thread (the executor's, see backend.h).
   bool async_swaps_pending_[2] = {false, false};
-  // Whether work issued on the compute stream may not have finished: set by everything
-  // that issues there (run_op, replay, zero, copy on kCompute, compute_waits_for),
-  // cleared when synchronize() or a query sees it idle. The executor's thread only.
-  bool compute_may_be_busy_ = true;
   // Whether a swap's regions go by copy_spans (SM threads) rather than the copy engines:
   // at most span_copy_max_bytes_ in all, 16-byte aligned, the host side mapped memory.
   bool span_copy_fits(std::span<const CopyRegion> regions, CopyQueue queue) const;
