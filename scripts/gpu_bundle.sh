@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds djinn with the CUDA backend (sm_90) on this machine and packs what the GPU
 # machine needs into bundle/ (git-ignored, must stay under 64 MiB): the djinn binary,
-# the test binaries, the non-system shared libraries they load (ldd, minus glibc,
+# the test binaries, the non-system shared libraries they load (ldd, minus glibc (libmvec too),
 # libstdc++/libgcc and CUDA, which the GPU machine has; xz-compressed) and
 # scripts/gpu_run.sh. The golden fixtures travel with the tree (tests/golden). Then, on the GPU machine: `bash bundle/gpu_run.sh`.
 set -euo pipefail
@@ -14,7 +14,7 @@ cp build/src/djinn bundle/bin/
 for t in build/tests/*_test; do cp "$t" bundle/bin/; done
 strip --strip-debug bundle/bin/*  # debug info is most of their size
 cp scripts/gpu_run.sh bundle/
-system_libs='^(linux-vdso|ld-linux|libc\.|libm\.|libdl\.|libpthread\.|librt\.|libstdc\+\+|libgcc_s|libcuda|libcudart|libcublas|libnvidia)'
+system_libs='^(linux-vdso|ld-linux|libc\.|libm\.|libmvec\.|libdl\.|libpthread\.|librt\.|libstdc\+\+|libgcc_s|libcuda|libcudart|libcublas|libnvidia)'
 for binary in bundle/bin/*; do
   ldd "$binary" | awk '$3 ~ /^\// {print $1, $3}' | while read -r name path; do
     [[ "$name" =~ $system_libs ]] || cp -n "$path" bundle/lib/

@@ -44,6 +44,34 @@ __attribute__((target("avx512f"))) void weighted_rows_avx512(const float* weight
   }
 }
 
+// glibc's AVX-512 expf over sixteen lanes (libmvec; x86_64 vector function ABI).
+extern "C" __attribute__((target("avx512f"))) __m512 _ZGVeN16v_expf(__m512 x);
+
+constexpr float kSqrt2OverPi = 0.7978845608028654f;
+
+inline float gelu_new_one(float v) {
+  // tanh(u) = 1 - 2 / (exp(2u) + 1): exp is several times cheaper than tanh in libm,
+  // and exact to a few ulps; saturates cleanly (exp -> inf gives 1, exp -> 0 gives -1).
+  const float u = kSqrt2OverPi * (v + 0.044715f * v * v * v);
+  const float tanh_u = 1.0f - 2.0f / (std::exp(2.0f * u) + 1.0f);
+  return 0.5f * v * (1.0f + tanh_u);
+}
+
+// gelu_new of in[0, 16 * floor(n / 16)); returns how many it wrote.
+__attribute__((target("avx512f"))) int64_t gelu_new_avx512(const float* in, float* out, int64_t n) {
+  const __m512 c = _mm512_set1_ps(kSqrt2OverPi), cubic = _mm512_set1_ps(0.044715f), one = _mm512_set1_ps(1.0f),
+               two = _mm512_set1_ps(2.0f), half = _mm512_set1_ps(0.5f);
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    const __m512 v = _mm512_loadu_ps(in + i);
+    const __m512 u = _mm512_mul_ps(c, _mm512_add_ps(v, _mm512_mul_ps(cubic, _mm512_mul_ps(_mm512_mul_ps(v, v), v))));
+    const __m512 e = _ZGVeN16v_expf(_mm512_mul_ps(two, u));
+    const __m512 tanh_u = _mm512_sub_ps(one, _mm512_div_ps(two, _mm512_add_ps(e, one)));
+    _mm512_storeu_ps(out + i, _mm512_mul_ps(_mm512_mul_ps(half, v), _mm512_add_ps(one, tanh_u)));
+  }
+  return i;
+}
+
 __attribute__((target("avx512f"))) float max_avx512(const float* row, int64_t n) {
   __m512 best = _mm512_set1_ps(-__builtin_inff());
   int64_t i = 0;
@@ -72,6 +100,11 @@ void weighted_rows(const float* weights, const float* values, int64_t ld, int64_
   std::fill_n(out, dim, 0.0f);
   for (int64_t t = 0; t < rows; ++t)
     for (int64_t d = 0; d < dim; ++d) out[d] += weights[t] * values[t * ld + d];
+}
+
+void gelu_new_f32(const float* in, float* out, int64_t n) {
+  const int64_t done = skinny_gemm_available() ? gelu_new_avx512(in, out, n) : 0;
+  for (int64_t i = done; i < n; ++i) out[i] = gelu_new_one(in[i]);
 }
 
 int64_t argmax_f32(const float* row, int64_t n) {
