@@ -25,7 +25,7 @@ constexpr double kMiB = 1024.0 * 1024.0;
 constexpr auto kReplyHoldLimit = std::chrono::seconds(30);  // Note [Held replies]
 constexpr int kPollMs = 5;         // how often the loop looks at leases, swap timers and the stop flag
 constexpr size_t kMaxGraphs = 1024;  // graphs kept for RunGraph-by-hash
-constexpr int kPipeRequests = 1024;  // requests queued for the scheduler (the HWM counts whole messages)
+constexpr int kRequestsPerPass = 1024;  // requests read from the ROUTER before the loop looks at decode and timers
 
 double us_since(std::chrono::steady_clock::time_point start) {
   return std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - start).count();
@@ -109,21 +109,7 @@ Server::Server(const ServerOptions& options, std::unique_ptr<Runtime> runtime)
       runtime_(std::move(runtime)),
       context_(make_context(options.pin_cpu)),
       router_(context_, zmq::socket_type::router),
-      rpc_side_(context_, zmq::socket_type::pair),
-      scheduler_side_(context_, zmq::socket_type::pair),
       policy_(*parse_swap_policy(options.policy), options.idle_timeout_s) {
-  // The RPC <-> scheduler pipe: requests queue up to kPipeRequests messages (then the
-  // RPC thread stops reading the ROUTER: backpressure, see relay()); replies never
-  // block the scheduler (unbounded: there are never more than requests).
-  const std::string pipe = fmt::format("inproc://djinn-scheduler-{}", static_cast<const void*>(this));
-  rpc_side_.set(zmq::sockopt::linger, 0);
-  scheduler_side_.set(zmq::sockopt::linger, 0);
-  rpc_side_.set(zmq::sockopt::sndhwm, kPipeRequests);
-  scheduler_side_.set(zmq::sockopt::rcvhwm, kPipeRequests);
-  rpc_side_.set(zmq::sockopt::rcvhwm, 0);
-  scheduler_side_.set(zmq::sockopt::sndhwm, 0);
-  rpc_side_.bind(pipe);
-  scheduler_side_.connect(pipe);
   router_.set(zmq::sockopt::linger, 0);
   // A reply to a client that is gone fails, and is counted, instead of vanishing; one
   // to a client whose queue is full fails too, and waits (Note [Held replies]).
@@ -135,8 +121,6 @@ Server::Server(const ServerOptions& options, std::unique_ptr<Runtime> runtime)
 
 Server::~Server() {
   sessions_.clear();
-  scheduler_side_.close();
-  rpc_side_.close();
   router_.close();
 }
 
@@ -156,51 +140,22 @@ std::string Server::describe() const {
 // ~~~~~~~~~~~~~~~~~~~~~
 // A warm request takes these hops (each one a wake-up unless the woken thread is
 // busy-polling): client thread -> client's ZeroMQ I/O thread -> socket -> server's
-// ZeroMQ I/O thread -> RPC thread -> scheduler thread, which decodes, executes and
-// hands the reply back -> RPC thread -> I/O threads -> client thread. The RPC thread
-// only moves messages (zmq::message_t, no copies); everything with state lives on the
-// scheduler thread, so no lock guards sessions, graphs or counters. With --pin-cpu the
-// server's I/O thread, the RPC thread and the scheduler thread share one core: the hops
-// between them are context switches on that core, not cross-core wake-ups, and a warm
-// request pays cross-core wake-ups only between client and server, as the plain-socket
-// floor of `bench os-tax` does.
+// ZeroMQ I/O thread -> scheduler thread, which decodes, executes and sends the reply ->
+// I/O threads -> client thread: the hops of a bare DEALER -> ROUTER echo, which
+// `bench os-tax` measures beside it. ZeroMQ's I/O thread is the RPC front end: it reads
+// and writes the sockets, frames messages and queues whole requests on the ROUTER for
+// the scheduler thread, which owns the ROUTER and everything with state (no lock guards
+// sessions, graphs or counters). An RPC thread of our own between the two, relaying
+// messages over an inproc pipe, cost two more wake-ups and ~45 system calls per request:
+// micro_add's overhead over the plain-socket floor was 2.13x (tcp) and 2.34x (ipc) on
+// the 2-core EPYC with it. With --pin-cpu the I/O thread and the scheduler share one
+// core; a warm request then pays cross-core wake-ups only between client and server, as
+// the plain-socket floor does.
+//
+// Backpressure: the scheduler reads at most kRequestsPerPass requests between two looks
+// at decode steps and timers; the rest wait in ZeroMQ's queues (bounded by the ROUTER's
+// high-water mark and --max-request-mb), not in this process's memory.
 namespace {
-
-// Moves one whole multipart message from `from` to `to`; false when none was waiting.
-// A part `to` refuses drops the rest of that message, never a later one; *dropped
-// counts such messages.
-bool forward_message(zmq::socket_t& from, zmq::socket_t& to, std::atomic<uint64_t>* dropped) {
-  zmq::message_t part;
-  if (!from.recv(part, zmq::recv_flags::dontwait)) return false;
-  bool sending = true;
-  for (;;) {
-    const bool more = part.more();
-    if (sending) {
-      try {
-        if (!to.send(part, more ? zmq::send_flags::sndmore | zmq::send_flags::dontwait : zmq::send_flags::dontwait))
-          sending = false;
-      } catch (const zmq::error_t&) {
-        sending = false;
-      }
-      if (!sending && dropped != nullptr) dropped->fetch_add(1, std::memory_order_relaxed);
-    }
-    if (!more) return true;
-    (void)from.recv(part);  // the rest of a multipart message is already here
-  }
-}
-
-// Receives one whole multipart message (without waiting); false when none was there.
-bool receive_message(zmq::socket_t& from, std::vector<zmq::message_t>& parts) {
-  parts.clear();
-  zmq::message_t part;
-  if (!from.recv(part, zmq::recv_flags::dontwait)) return false;
-  for (;;) {
-    const bool more = part.more();
-    parts.push_back(std::move(part));
-    if (!more) return true;
-    (void)from.recv(part);  // the rest of a multipart message is already here
-  }
-}
 
 enum class SendOutcome { kSent, kPeerFull, kPeerGone };
 // Sends a whole reply [identity, frames...] through the ROUTER without waiting. With
@@ -224,69 +179,25 @@ SendOutcome send_reply(zmq::socket_t& router, std::vector<zmq::message_t>& parts
 }  // namespace
 
 Status Server::serve() {
-  Status scheduled;
-  std::atomic<bool> scheduler_done{false};
-  std::thread scheduler([&] {
-    try {
-      scheduled = schedule();
-    } catch (const std::exception& e) {  // never std::terminate: the RPC thread drains and reports it
-      scheduled = internal_error(fmt::format("scheduler thread: {}", e.what()));
-    }
-    scheduler_done.store(true, std::memory_order_release);
-  });
-  const ScopedCpuPin pin(options_.pin_cpu);  // the RPC thread, until serve() returns
+  const ScopedCpuPin pin(options_.pin_cpu);  // the scheduler thread, until serve() returns
   Status status;
   try {
-    status = relay(scheduler_done);
-  } catch (const std::exception& e) {
-    status = internal_error(fmt::format("rpc thread: {}", e.what()));
+    status = schedule();
+  } catch (const std::exception& e) {  // never std::terminate: report it, after the drain below
+    status = internal_error(fmt::format("scheduler thread: {}", e.what()));
   }
-  // Drain: the scheduler cancels what is in flight and closes every session; its last
-  // replies still go out.
-  scheduler_stop_.store(true, std::memory_order_relaxed);
-  while (!scheduler_done.load(std::memory_order_acquire)) {
-    zmq::pollitem_t replies[] = {{rpc_side_.handle(), 0, ZMQ_POLLIN, 0}};
-    try {
-      zmq::poll(replies, 1, std::chrono::milliseconds(kPollMs));
-      forward_replies();
-    } catch (const zmq::error_t&) {  // EINTR (a second signal) or worse: keep waiting for the scheduler
-    }
-  }
-  scheduler.join();
   try {
-    forward_replies();
     // The last replies still waiting for their clients to read get a moment more.
     const auto deadline = Clock::now() + std::chrono::seconds(1);
     while (!held_replies_.empty() && Clock::now() < deadline) {
       std::this_thread::sleep_for(std::chrono::milliseconds(1));
       send_held_replies();
     }
-    replies_dropped_.fetch_add(held_replies_.size(), std::memory_order_relaxed);
-    held_replies_.clear();
   } catch (const zmq::error_t&) {
   }
-  DJINN_RETURN_IF_ERROR(status);
-  return scheduled;
-}
-
-size_t Server::forward_replies() {
-  size_t forwarded = 0;
-  std::vector<zmq::message_t> parts;
-  while (receive_message(rpc_side_, parts)) {
-    ++forwarded;
-    if (held_replies_.empty()) {  // the usual case: straight out, nothing queued
-      const SendOutcome outcome = send_reply(router_, parts);
-      if (outcome == SendOutcome::kSent) continue;
-      if (outcome == SendOutcome::kPeerGone) {
-        replies_dropped_.fetch_add(1, std::memory_order_relaxed);
-        continue;
-      }
-    }
-    // Behind a held reply (it may be this client's: order is kept) or itself refused.
-    held_replies_.push_back({std::move(parts), Clock::now()});
-  }
-  if (!held_replies_.empty()) send_held_replies();
-  return forwarded;
+  replies_dropped_.fetch_add(held_replies_.size(), std::memory_order_relaxed);
+  held_replies_.clear();
+  return status;
 }
 
 // Note [Held replies]: a client that sends many requests before reading fills its
@@ -294,7 +205,7 @@ size_t Server::forward_replies() {
 // being dropped, and goes out once the client reads. Replies to one client keep their
 // order (one that waits holds back its later ones); other clients' replies pass. A
 // reply that waited kReplyHoldLimit (the client stopped reading) or whose client is
-// gone is dropped and counted (replies_dropped). RPC thread only.
+// gone is dropped and counted (replies_dropped). Scheduler thread only.
 void Server::send_held_replies() {
   std::vector<std::string> stalled;  // peers whose queue was full in this pass
   const auto now = Clock::now();
@@ -315,83 +226,38 @@ void Server::send_held_replies() {
   }
 }
 
-Status Server::relay(const std::atomic<bool>& scheduler_done) {
-  // Backpressure: the ROUTER is read only while the pipe to the scheduler has room, so
-  // a busy scheduler leaves requests queued in ZeroMQ (bounded by its high-water mark
-  // and --max-request-mb), not in this process's memory.
-  //
-  // Every request gets exactly one reply (handle() replies at once, or later for a
-  // deferred Generate or a waiting admission, and the drain answers what is left), so
-  // requests forwarded minus replies back bounds what the pipe holds. Below kSurelyRoom
-  // of them there is room without asking ZeroMQ: the pipe takes sndhwm + rcvhwm whole
-  // messages, and its writer learns of reads at least every 1024 messages, so a count
-  // of 16 never overstates the room ZeroMQ sees. Asking costs a system call (its mailbox
-  // is polled), and so does a receive that finds nothing: the loop reads only the
-  // sockets zmq::poll reported (it re-checks every socket's events on each call, so
-  // nothing left queued is missed). Two to four calls fewer per request. Should the
-  // pipe still refuse one, the request is counted (requests_dropped), not lost silently.
-  constexpr uint64_t kSurelyRoom = 16;
-  static_assert(kSurelyRoom <= 1024 && kSurelyRoom < kPipeRequests);
-  uint64_t requests = 0, replies = 0;
-  auto has_room = [&] {
-    return requests - replies < kSurelyRoom || (rpc_side_.get(zmq::sockopt::events) & ZMQ_POLLOUT) != 0;
-  };
-  zmq::pollitem_t items[] = {{router_.handle(), 0, ZMQ_POLLIN, 0}, {rpc_side_.handle(), 0, ZMQ_POLLIN, 0}};
-  while (!stop_requested_.load(std::memory_order_relaxed) && !scheduler_done.load(std::memory_order_acquire)) {
-    const bool room = has_room();
-    items[0].events = room ? ZMQ_POLLIN : 0;
-    items[1].events = static_cast<short>(ZMQ_POLLIN | (room ? 0 : ZMQ_POLLOUT));
-    if (options_.busy_poll_us > 0 && room) {  // see ServerOptions::busy_poll_us
-      const auto spin_start = Clock::now();
-      while (Clock::now() - spin_start < std::chrono::microseconds(options_.busy_poll_us)) {
-        if ((router_.get(zmq::sockopt::events) & ZMQ_POLLIN) || (rpc_side_.get(zmq::sockopt::events) & ZMQ_POLLIN)) break;
-        sched_yield();
-      }
-    }
-    try {
-      // Held replies (Note [Held replies]) are retried every millisecond.
-      zmq::poll(items, 2, std::chrono::milliseconds(held_replies_.empty() ? kPollMs : 1));
-    } catch (const zmq::error_t& e) {
-      if (e.num() == EINTR) continue;
-      return internal_error(fmt::format("poll: {}", e.what()));
-    }
-    if (items[1].revents & ZMQ_POLLIN) replies += forward_replies();  // first: they finish work already done
-    else if (!held_replies_.empty()) send_held_replies();
-    if (items[0].revents & ZMQ_POLLIN)
-      while (has_room() && forward_message(router_, rpc_side_, &requests_dropped_)) ++requests;
-  }
-  return {};
-}
-
 Status Server::schedule() {
-  if (options_.pin_cpu >= 0 && !pin_current_thread(options_.pin_cpu))
-    spdlog::warn("djinn serve: could not pin the scheduler thread to CPU {}", options_.pin_cpu);
-  zmq::pollitem_t items[] = {{scheduler_side_.handle(), 0, ZMQ_POLLIN, 0}};
+  zmq::pollitem_t items[] = {{router_.handle(), 0, ZMQ_POLLIN, 0}};
   std::vector<zmq::message_t> frames;
   Status status;
-  while (!scheduler_stop_.load(std::memory_order_relaxed)) {
+  while (!stop_requested_.load(std::memory_order_relaxed)) {
     if (options_.busy_poll_us > 0 && generating_.empty()) {  // see ServerOptions::busy_poll_us
       const auto spin_start = Clock::now();
       while (Clock::now() - spin_start < std::chrono::microseconds(options_.busy_poll_us)) {
-        if (scheduler_side_.get(zmq::sockopt::events) & ZMQ_POLLIN) break;
+        if (router_.get(zmq::sockopt::events) & ZMQ_POLLIN) break;
         sched_yield();
       }
     }
+    // Decode steps to run: look and go on. Held replies (Note [Held replies]) are
+    // retried every millisecond.
+    const int timeout_ms = !generating_.empty() ? 0 : held_replies_.empty() ? kPollMs : 1;
     try {
-      zmq::poll(items, 1, std::chrono::milliseconds(generating_.empty() ? kPollMs : 0));
+      zmq::poll(items, 1, std::chrono::milliseconds(timeout_ms));
     } catch (const zmq::error_t& e) {
       if (e.num() == EINTR) continue;
       status = internal_error(fmt::format("poll: {}", e.what()));
       break;  // still drains below: every waiting client gets its reply
     }
-    // Drain everything that is ready before looking at the clock again.
-    while (items[0].revents & ZMQ_POLLIN) {
+    if (!held_replies_.empty()) send_held_replies();
+    // Requests (identity, then the client's frames), at most kRequestsPerPass before
+    // the decode step and the timers get their turn.
+    for (int read = 0; (items[0].revents & ZMQ_POLLIN) && read < kRequestsPerPass; ++read) {
       zmq::message_t identity;
-      if (!scheduler_side_.recv(identity, zmq::recv_flags::dontwait)) break;
+      if (!router_.recv(identity, zmq::recv_flags::dontwait)) break;
       frames.clear();
       while (identity.more() && (frames.empty() || frames.back().more())) {
         zmq::message_t frame;
-        (void)scheduler_side_.recv(frame);
+        (void)router_.recv(frame);  // the rest of a multipart message is already here
         frames.push_back(std::move(frame));
       }
       handle(identity, frames);
@@ -564,19 +430,26 @@ void Server::handle(zmq::message_t& identity, std::vector<zmq::message_t>& frame
   send(identity, out);
 }
 
+// Straight out through the ROUTER (the parts move, nothing is copied but the header),
+// unless a reply is held: then behind it, so that each client's replies keep their
+// order (Note [Held replies]).
 void Server::send(zmq::message_t& identity, Outgoing& out) {
   const std::string header = out.reply.SerializeAsString();
-  try {
-    scheduler_side_.send(identity, zmq::send_flags::sndmore | zmq::send_flags::dontwait);
-    scheduler_side_.send(zmq::buffer(header), out.tensors.empty() ? zmq::send_flags::dontwait
-                                                          : zmq::send_flags::sndmore | zmq::send_flags::dontwait);
-    for (size_t i = 0; i < out.tensors.size(); ++i)
-      scheduler_side_.send(out.tensors[i], i + 1 == out.tensors.size() ? zmq::send_flags::dontwait
-                                                               : zmq::send_flags::sndmore | zmq::send_flags::dontwait);
-    ++counters_.replies;
-  } catch (const zmq::error_t& e) {
-    count_error("send_failed");
+  std::vector<zmq::message_t> parts;
+  parts.reserve(2 + out.tensors.size());
+  parts.push_back(std::move(identity));
+  parts.emplace_back(header.data(), header.size());
+  for (zmq::message_t& tensor : out.tensors) parts.push_back(std::move(tensor));
+  ++counters_.replies;
+  if (held_replies_.empty()) {
+    const SendOutcome outcome = send_reply(router_, parts);
+    if (outcome == SendOutcome::kSent) return;
+    if (outcome == SendOutcome::kPeerGone) {
+      replies_dropped_.fetch_add(1, std::memory_order_relaxed);
+      return;
+    }
   }
+  held_replies_.push_back({std::move(parts), Clock::now()});
 }
 
 Result<Server::SessionRecord*> Server::authorize(const Request& request) {
@@ -1074,7 +947,6 @@ nlohmann::json Server::stats_json() const {
   stats["counters"] = {{"requests", counters_.requests},
                        {"replies", counters_.replies},
                        {"replies_dropped", replies_dropped_.load(std::memory_order_relaxed)},
-                       {"requests_dropped", requests_dropped_.load(std::memory_order_relaxed)},
                        {"requests_by_type", counters_.requests_by_type},
                        {"errors", counters_.errors},
                        {"sessions_opened", counters_.sessions_opened},

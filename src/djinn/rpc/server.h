@@ -2,14 +2,14 @@
 // inproc:// endpoints) in front of one Runtime.
 //
 // Threads (Note [Server threads] in server.cc):
-//   RPC thread       the caller of serve(). Owns the ROUTER socket: hands each request
-//                    (identity + frames, moved, not copied) to the scheduler and sends
-//                    the replies the scheduler hands back.
-//   scheduler thread started by serve(), one per device: owns the Runtime (and so the
-//                    compute stream), the sessions, the swap policy and every counter;
-//                    decodes, validates and executes requests, runs batched decode.
-// The two talk over a pair of inproc ZeroMQ sockets. With --pin-cpu both, and ZeroMQ's
-// I/O thread, share one CPU. stop() may be called from any thread or a signal handler.
+//   ZeroMQ's I/O thread  the RPC front end: reads and writes the sockets and queues
+//                        whole requests (identity + frames) on the ROUTER.
+//   scheduler thread     the caller of serve(), one per device: owns the ROUTER socket,
+//                        the Runtime (and so the compute stream), the sessions, the swap
+//                        policy and every counter; decodes, validates and executes
+//                        requests, runs batched decode, sends the replies.
+// With --pin-cpu both share one CPU. stop() may be called from any thread or a signal
+// handler.
 //
 // Sessions are private: OpenSession returns a random 128-bit token that every later
 // call on the session must carry; a wrong or missing token is refused and counted.
@@ -51,7 +51,7 @@ struct ServerOptions {
   // sleeping in zmq_poll: a request arriving meanwhile costs no wake-up of the server
   // thread. 0: never (the default: no core burnt while idle).
   int busy_poll_us = 0;
-  // Pin the request path — ZeroMQ's I/O thread, the RPC thread, the scheduler thread —
+  // Pin the request path — ZeroMQ's I/O thread and the scheduler thread —
   // to this CPU (-1: no pinning). Their hand-offs then are context switches on one core
   // instead of cross-core wake-ups, which on a virtual machine cost an inter-processor
   // interrupt each. Bulk work still spreads over every CPU (OpenBLAS's threads,
@@ -89,8 +89,8 @@ class Server {
   static Result<std::unique_ptr<Server>> create(const ServerOptions& options);
   ~Server();
 
-  // Serves until stop(), then drains: closes every session and the sockets. Runs the
-  // RPC loop on the calling thread and the scheduler on a thread of its own.
+  // Serves until stop(), then drains: answers what is in flight and closes every
+  // session. The calling thread is the scheduler thread.
   Status serve();
   void stop() { stop_requested_.store(true, std::memory_order_relaxed); }
   // The endpoints bound, wildcards resolved (tcp://127.0.0.1:* -> tcp://127.0.0.1:40123).
@@ -134,14 +134,9 @@ class Server {
   using Clock = std::chrono::steady_clock;
 
   Server(const ServerOptions& options, std::unique_ptr<Runtime> runtime);
-  // The scheduler thread's loop: requests from the RPC thread, decode steps, leases,
-  // swaps, admissions; drains when the RPC thread says stop.
+  // The scheduler thread's loop: requests from the ROUTER, decode steps, leases, swaps,
+  // admissions; drains after stop().
   Status schedule();
-  // The RPC thread's loop (until stop() or the scheduler ends): requests to the
-  // scheduler while its pipe has room, replies to the ROUTER.
-  Status relay(const std::atomic<bool>& scheduler_done);
-  // RPC thread: every reply the scheduler has handed back, to the ROUTER.
-  size_t forward_replies();  // returns how many came from the scheduler
   // Note [Held replies] (server.cc): replies waiting for a full client queue to drain.
   struct HeldReply {
     std::vector<zmq::message_t> parts;  // identity, header, tensor frames
@@ -195,12 +190,8 @@ class Server {
   ServerOptions options_;
   std::unique_ptr<Runtime> runtime_;
   zmq::context_t context_;
-  zmq::socket_t router_;            // RPC thread
-  zmq::socket_t rpc_side_;          // RPC thread: requests out, replies in
-  zmq::socket_t scheduler_side_;    // scheduler thread: requests in, replies out
-  std::atomic<bool> scheduler_stop_{false};
+  zmq::socket_t router_;  // scheduler thread
   std::atomic<uint64_t> replies_dropped_{0};  // replies a ROUTER refused (the client was gone)
-  std::atomic<uint64_t> requests_dropped_{0};  // requests the scheduler pipe refused (never expected)
   std::vector<std::string> endpoints_;
   std::atomic<bool> stop_requested_{false};
   std::map<SessionId, SessionRecord> sessions_;
