@@ -1003,11 +1003,11 @@ TEST(Rpc, ManyRequestsInFlightOnOneClient) {
   EXPECT_EQ(counters["graphs_uploaded"], 1);
 }
 
-// More requests in flight than the RPC thread counts as surely fitting the scheduler
-// pipe (16) and than the pipe itself holds (2 x 1024): the RPC thread must then ask
-// ZeroMQ for room and leave the rest queued in the ROUTER (backpressure), and every
-// request is still answered, none dropped, though the client reads nothing until it
-// has sent them all (its receive queue must not refuse replies).
+// More requests in flight than the scheduler reads in one pass (1024) and than the
+// ROUTER's queue to one client holds (1000): the rest wait in ZeroMQ (backpressure), the
+// replies past that queue are held and retried (Note [Held replies]), and every request
+// is still answered, none dropped, though the client reads nothing until it has sent
+// them all (its receive queue must not refuse replies).
 TEST(Rpc, ThousandsInFlightAreAllAnsweredNoneDropped) {
   LoopbackServer server;
   auto client = server.connect();
