@@ -147,10 +147,11 @@ std::string Server::describe() const {
 // the scheduler thread, which owns the ROUTER and everything with state (no lock guards
 // sessions, graphs or counters). An RPC thread of our own between the two, relaying
 // messages over an inproc pipe, cost two more wake-ups and ~45 system calls per request:
-// micro_add's overhead over the plain-socket floor was 2.13x (tcp) and 2.34x (ipc) on
-// the 2-core EPYC with it. With --pin-cpu the I/O thread and the scheduler share one
-// core; a warm request then pays cross-core wake-ups only between client and server, as
-// the plain-socket floor does.
+// on the 2-core EPYC, binaries with and without it alternated, micro_add's overhead was
+// 86-93 us with it and 71-77 us without (a bare ZeroMQ echo: 69-74 us), 1.79-1.95x the
+// plain-TCP floor against 1.38-1.67x. With --pin-cpu the I/O thread and the scheduler
+// share one core; a warm request then pays cross-core wake-ups only between client and
+// server, as the plain-socket floor does.
 //
 // Backpressure: the scheduler reads at most kRequestsPerPass requests between two looks
 // at decode steps and timers; the rest wait in ZeroMQ's queues (bounded by the ROUTER's
