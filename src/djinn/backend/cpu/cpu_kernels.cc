@@ -248,41 +248,50 @@ Status attention(const TensorView& q, const TensorView& k_cache, const TensorVie
   const int64_t group = attrs.n_heads / attrs.n_kv_heads;  // query heads per KV head
   if (past < 0) return out_of_range(fmt::format("attention at negative position {}", past));
   if (past > capacity || seq > capacity - past)
-    return out_of_range(fmt::format("attention over {} + {} positions exceeds the kv capacity {}", past, seq, capacity));
+    return out_of_range(
+        fmt::format("attention over {} + {} positions exceeds the kv capacity {}", past, seq, capacity));
   const int64_t total = past + seq;
-  std::vector<float> scores(static_cast<size_t>(total));
-  std::vector<float> k_scratch, v_scratch;
-  for (int64_t i = 0; i < seq; ++i) {
-    const int64_t visible = past + i + 1;  // causal: keys [0, past + i]
-    for (int64_t h = 0; h < n_heads; ++h) {
+  // Heads are independent: a prefill (or a long decode) splits them over the compute
+  // pool, each (row, head) computed as it would be alone, so the bits do not depend on
+  // the split. Below ~2^18 multiply-adds the pool's hand-off would cost more than it
+  // saves (a short decode) and the caller does it all.
+  constexpr int64_t kParallelMacs = int64_t{1} << 18;
+  const int64_t macs = seq * total * head_dim * n_heads;
+  ComputePool::instance().for_ranges(n_heads, macs >= kParallelMacs ? 1 : n_heads, [&](int64_t h_begin, int64_t h_end) {
+    std::vector<float> scores(static_cast<size_t>(total));
+    std::vector<float> k_scratch, v_scratch;
+    for (int64_t h = h_begin; h < h_end; ++h) {
       const int64_t kv_head = h / group;
-      const float* qh = q.as<const float>() + i * q.strides[0] + h * head_dim;
-      float* oh = out.as<float>() + i * out.strides[0] + h * head_dim;
-      if (k_cache.dtype == DType::kF32 && v_cache.dtype == DType::kF32) {
-        // f32 caches: the head's keys and values are strided [visible, head_dim] blocks,
-        // products too small for BLAS's call overhead (vector_kernels.h).
-        scaled_dots(qh, k_cache.as<const float>() + kv_head * head_dim, k_cache.strides[0], visible, head_dim,
-                    attrs.scale, scores.data());
+      for (int64_t i = 0; i < seq; ++i) {
+        const int64_t visible = past + i + 1;  // causal: keys [0, past + i]
+        const float* qh = q.as<const float>() + i * q.strides[0] + h * head_dim;
+        float* oh = out.as<float>() + i * out.strides[0] + h * head_dim;
+        if (k_cache.dtype == DType::kF32 && v_cache.dtype == DType::kF32) {
+          // f32 caches: the head's keys and values are strided [visible, head_dim] blocks,
+          // products too small for BLAS's call overhead (vector_kernels.h).
+          scaled_dots(qh, k_cache.as<const float>() + kv_head * head_dim, k_cache.strides[0], visible, head_dim,
+                      attrs.scale, scores.data());
+          softmax_inplace(scores.data(), visible);
+          weighted_rows(scores.data(), v_cache.as<const float>() + kv_head * head_dim, v_cache.strides[0], visible,
+                        head_dim, oh);
+          continue;
+        }
+        for (int64_t t = 0; t < visible; ++t) {
+          const float* kh = row_as_f32(element_ptr(k_cache, t, kv_head * head_dim), k_cache.dtype, head_dim, k_scratch);
+          float dot = 0.0f;
+          for (int64_t d = 0; d < head_dim; ++d) dot += qh[d] * kh[d];
+          scores[static_cast<size_t>(t)] = dot * attrs.scale;
+        }
         softmax_inplace(scores.data(), visible);
-        weighted_rows(scores.data(), v_cache.as<const float>() + kv_head * head_dim, v_cache.strides[0], visible,
-                      head_dim, oh);
-        continue;
-      }
-      for (int64_t t = 0; t < visible; ++t) {
-        const float* kh = row_as_f32(element_ptr(k_cache, t, kv_head * head_dim), k_cache.dtype, head_dim, k_scratch);
-        float dot = 0.0f;
-        for (int64_t d = 0; d < head_dim; ++d) dot += qh[d] * kh[d];
-        scores[static_cast<size_t>(t)] = dot * attrs.scale;
-      }
-      softmax_inplace(scores.data(), visible);
-      std::fill_n(oh, head_dim, 0.0f);
-      for (int64_t t = 0; t < visible; ++t) {
-        const float* vh = row_as_f32(element_ptr(v_cache, t, kv_head * head_dim), v_cache.dtype, head_dim, v_scratch);
-        const float p = scores[static_cast<size_t>(t)];
-        for (int64_t d = 0; d < head_dim; ++d) oh[d] += p * vh[d];
+        std::fill_n(oh, head_dim, 0.0f);
+        for (int64_t t = 0; t < visible; ++t) {
+          const float* vh = row_as_f32(element_ptr(v_cache, t, kv_head * head_dim), v_cache.dtype, head_dim, v_scratch);
+          const float p = scores[static_cast<size_t>(t)];
+          for (int64_t d = 0; d < head_dim; ++d) oh[d] += p * vh[d];
+        }
       }
     }
-  }
+  });
   return {};
 }
 
