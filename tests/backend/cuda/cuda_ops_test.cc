@@ -1526,16 +1526,20 @@ class CudaCapture : public ::testing::TestWithParam<std::string> {
     }
     return trace;
   }
+  // The same tokens and the same last logits, bit for bit; `want` is not empty.
+  static void expect_same_bits(const Trace& got, const Trace& want) {
+    ASSERT_FALSE(want.tokens.empty());
+    EXPECT_EQ(got.tokens, want.tokens);
+    ASSERT_EQ(got.last_logits.size(), want.last_logits.size());
+    EXPECT_EQ(std::memcmp(got.last_logits.data(), want.last_logits.data(), want.last_logits.size() * sizeof(float)), 0);
+  }
 };
 
 TEST_P(CudaCapture, CapturedStepsEqualUncapturedBitForBit) {
   const Trace off = run(false, GetParam());
   const Trace on = run(true, GetParam());
   ::unsetenv("DJINN_CUDA_GRAPHS");
-  ASSERT_FALSE(off.tokens.empty());
-  EXPECT_EQ(on.tokens, off.tokens);
-  ASSERT_EQ(on.last_logits.size(), off.last_logits.size());
-  EXPECT_EQ(std::memcmp(on.last_logits.data(), off.last_logits.data(), on.last_logits.size() * sizeof(float)), 0);
+  expect_same_bits(on, off);
 }
 
 // Programmatic dependent launch (every kernel may be scheduled before the one before
@@ -1548,10 +1552,7 @@ TEST_P(CudaCapture, EarlyLaunchesEqualPlainLaunchesBitForBit) {
   ::unsetenv("DJINN_CUDA_PDL");
   const Trace early = run(true, GetParam());
   ::unsetenv("DJINN_CUDA_GRAPHS");
-  ASSERT_FALSE(plain.tokens.empty());
-  EXPECT_EQ(early.tokens, plain.tokens);
-  ASSERT_EQ(early.last_logits.size(), plain.last_logits.size());
-  EXPECT_EQ(std::memcmp(early.last_logits.data(), plain.last_logits.data(), plain.last_logits.size() * sizeof(float)), 0);
+  expect_same_bits(early, plain);
 }
 
 INSTANTIATE_TEST_SUITE_P(Presets, CudaCapture, ::testing::Values("llama-tiny", "gpt2-tiny"));

@@ -228,19 +228,23 @@ CUstream_st* CudaBackend::stream_for(CopyQueue queue) const {
 }
 
 Status CudaBackend::issue_copies(std::span<const CopyRegion> regions, CopyQueue queue) {
+  return issue_copies(regions, queue, copy_2d_ ? as_pitched_copy(regions) : std::nullopt);
+}
+
+Status CudaBackend::issue_copies(std::span<const CopyRegion> regions, CopyQueue queue,
+                                 const std::optional<PitchedCopy>& pitched) {
   cudaStream_t stream = stream_for(queue);
+  // A session's KV slots (equal runs at a constant stride) to or from one slice: one
+  // 2D copy, which the copy engine moves as fast as a contiguous one.
+  if (pitched) {
+    if (cudaMemcpy2DAsync(pitched->dst, pitched->dst_pitch, pitched->src, pitched->src_pitch, pitched->width,
+                          pitched->height, cudaMemcpyDefault, stream) == cudaSuccess)
+      return {};
+    (void)cudaGetLastError();  // refused (a pitch beyond the device's limit): the copies below
+  }
   // Several regions (a swap moves every KV slot's used rows): one batched call, so the
   // driver can keep the copy engine busy instead of paying a call per region. Where
   // the batch call is refused (an older driver), one cudaMemcpyAsync per region.
-  // A session's KV slots (equal runs at a constant stride) to or from one slice: one
-  // 2D copy, which the copy engine moves as fast as a contiguous one.
-  if (copy_2d_)
-    if (const std::optional<PitchedCopy> p = as_pitched_copy(regions)) {
-      if (cudaMemcpy2DAsync(p->dst, p->dst_pitch, p->src, p->src_pitch, p->width, p->height, cudaMemcpyDefault,
-                            stream) == cudaSuccess)
-        return {};
-      (void)cudaGetLastError();  // refused (a pitch beyond the device's limit): the copies below
-    }
   std::vector<void*> dsts;
   std::vector<const void*> srcs;
   std::vector<size_t> sizes;
@@ -436,14 +440,15 @@ Result<std::shared_ptr<QueueEvent>> CudaBackend::copy_async(std::span<const Copy
 
 // One 2D copy, the span-copy kernel, or a batch of copies (issue_copies), on `stream`.
 Status CudaBackend::issue_swap_copies(std::span<const CopyRegion> regions, CopyQueue queue, CUstream_st* stream) {
-  if (!(copy_2d_ && as_pitched_copy(regions).has_value()) && span_copy_fits(regions, queue)) {
+  const std::optional<PitchedCopy> pitched = copy_2d_ ? as_pitched_copy(regions) : std::nullopt;
+  if (!pitched && span_copy_fits(regions, queue)) {
     gpu::SpanCopyTable table{};
     for (const CopyRegion& r : regions)
       if (r.bytes > 0) table.spans[table.count++] = gpu::SpanCopy{r.src, r.dst, r.bytes};
     DJINN_CUDA_RETURN_IF_ERROR(gpu::copy_spans(table, stream));
     return {};
   }
-  return issue_copies(regions, queue);
+  return issue_copies(regions, queue, pitched);
 }
 
 bool CudaBackend::span_copy_fits(std::span<const CopyRegion> regions, CopyQueue queue) const {

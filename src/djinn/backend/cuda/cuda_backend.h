@@ -30,6 +30,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <vector>
 
 #include "djinn/backend/backend.h"
@@ -102,6 +103,8 @@ class CudaBackend final : public Backend {
   std::shared_ptr<struct CudaEventPool> event_pool_;
   // Issues the copies on `queue`'s stream without waiting.
   Status issue_copies(std::span<const CopyRegion> regions, CopyQueue queue);
+  // The same, with the regions' pitched form found already (nullopt: none, or 2D off).
+  Status issue_copies(std::span<const CopyRegion> regions, CopyQueue queue, const std::optional<PitchedCopy>& pitched);
   // A swap's copies on `stream`: one 2D copy, the span-copy kernel, or issue_copies.
   Status issue_swap_copies(std::span<const CopyRegion> regions, CopyQueue queue, CUstream_st* stream);
   // copy_async waits for swaps up to this size (Note [Waited small swaps], cuda_backend.cc).

@@ -122,9 +122,9 @@ cudaError_t launch(const void* w, const float* x, int64_t n, int64_t k, const fl
 template <typename T>
 cudaError_t launch_one_row(const void* w, const float* x, int64_t n, int64_t k, const float* residual, float* out,
                            cudaStream_t stream) {
-  const int64_t chunks_per_lane = k / 8 / 32;
-  if (k % (8 * 32) == 0 && chunks_per_lane % 10 == 0) return launch<T, 1, 10>(w, x, n, k, residual, out, stream);
-  if (k % (8 * 32) == 0 && chunks_per_lane % 9 == 0) return launch<T, 1, 9>(w, x, n, k, residual, out, stream);
+  const int64_t chunks = k / 8;  // a lane's share is chunks / 32: whole rounds of U when 32 * U divides it
+  if (chunks % (32 * 10) == 0) return launch<T, 1, 10>(w, x, n, k, residual, out, stream);
+  if (chunks % (32 * 9) == 0) return launch<T, 1, 9>(w, x, n, k, residual, out, stream);
   return launch<T, 1, kUnroll>(w, x, n, k, residual, out, stream);
 }
 
