@@ -96,7 +96,9 @@ Status bench_swap(const SwapBenchOptions& options) {
     // The raw baselines: the same bytes as one contiguous copy on the same queues.
     const CopyRegion raw_out_a{slice_a, a.arena, bytes}, raw_in_a{a.arena, slice_a, bytes}, raw_in_b{b.arena, slice_b, bytes};
     auto raw = [&](const CopyRegion& region, CopyQueue queue) { return backend->copy({&region, 1}, queue); };
-    const int repeats = bytes <= (16u << 20) ? 10 : 4;  // even: as many rounds of each order
+    // Even: as many rounds of each order. Small copies are tens of microseconds and
+    // their medians noisy: many rounds of them.
+    const int repeats = bytes <= (4u << 20) ? 100 : bytes <= (16u << 20) ? 10 : 4;
     std::vector<double> out, in, both, raw_out, raw_in, raw_both, out_copy, in_copy, out_issue, in_issue;
     for (int r = 0; r < repeats + 1; ++r) {  // the first round warms up and is dropped
       const bool keep = r > 0;
