@@ -85,6 +85,16 @@ def main():
                 f"{r['in_pct_of_raw']:.0f}%", ">= 90%", r["in_pct_of_raw"] >= 90)
             row(f"swap both ways at once {mib} MiB", f"{r['both_gbps']:.1f} GB/s total",
                 f"raw both {r['raw_both_gbps']:.1f}", "", ">= 85 GB/s", r["both_gbps"] >= 85)
+    short_both = [r for r in swap["rows"] if r["both_gbps"] < 85] if swap else []
+    both_note = None
+    if short_both:
+        # Two copies that overlap perfectly finish when the slower one does alone: the
+        # most both ways can reach is twice the slower direction's raw throughput.
+        both_note = ("Both ways at once below 85 GB/s: " + "; ".join(
+            f"{round(r['bytes'] / 2**20)} MiB {r['both_gbps']:.1f} GB/s, raw both {r['raw_both_gbps']:.1f}, at most "
+            f"{2 * min(r['raw_out_gbps'], r['raw_in_gbps']):.1f} if the two raw copies overlapped perfectly"
+            for r in short_both) + ". Swaps of at most 4 MiB issued while the device is idle are waited for as they "
+            "are issued (Note [Waited small swaps], cuda_backend.cc), so two of them run one after the other.")
     if (src / "serve96.txt").exists():
         text = (src / "serve96.txt").read_text().splitlines()
         first = text[0] if text else "?"
@@ -97,6 +107,8 @@ def main():
             lines.append(f"Pinned pool fully ready (96 GiB, populated in parallel and registered chunk by chunk in the "
                          f"background): `{done[0]}`.")
     lines.append("")
+    if both_note:
+        lines.append(both_note)
     if nographs and decode:
         lines.append(f"Step capture (CUDA graphs) off, same GPU, same run: decode step "
                      f"{nographs['decode_ms_per_token_p50']:.2f} ms p50 (on: {decode['decode_ms_per_token_p50']:.2f}); "

@@ -540,7 +540,7 @@ Status bench_os_tax(const OsTaxOptions& options) {
                                      "it blocks (no busy-poll) whatever --busy-poll-us says"},
                         {"pin_cpu", options.pin_cpu},
                         {"client_cpu", client_cpu},
-                        {"server", "separate djinn serve process, cpu"},
+                        {"server", fmt::format("separate djinn serve process, {}", options.device)},
                         {"rows", nlohmann::json::array()}};
   for (const RowResult& r : rows) {
     const double native_p50 = percentile(r.native_us, 50), warm_p50 = percentile(r.warm_us, 50);

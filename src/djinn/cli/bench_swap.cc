@@ -4,11 +4,13 @@
 // A "session" here is its KV layout: 24 slots (12 layers x K, V) whose used rows are
 // equal contiguous runs at a constant stride over an arena twice the used size, as in
 // a half-full arena. Swap-out gathers them into one HostPool slice, swap-in scatters
-// them back (CUDA: issued on the swap streams; CPU: on the SwapManager's workers); "both" runs a swap-out and a swap-in of two sessions at
-// once. The baselines copy the same number of bytes as one contiguous copy on the
-// backend's swap queues (raw out / raw in) and two such copies on two threads at once
-// (raw both): on the CPU backend a memcpy ("device" memory is host memory), on CUDA a
-// cudaMemcpyAsync between device memory and the pinned HostPool.
+// them back (CUDA: issued on the swap streams; CPU: on the SwapManager's workers, with
+// non-temporal stores when larger than the cache, cpu/stream_copy.h); "both" runs a
+// swap-out and a swap-in of two sessions at once. The baselines copy the same number of
+// bytes as one contiguous copy (raw out / raw in) and two such copies on two threads at
+// once (raw both): on the CPU backend glibc's memcpy ("device" memory is host memory),
+// on CUDA a cudaMemcpyAsync between device memory and the pinned HostPool on the
+// backend's swap streams.
 #include <fmt/format.h>
 
 #include <chrono>
@@ -95,7 +97,13 @@ Status bench_swap(const SwapBenchOptions& options) {
     DJINN_ASSIGN_OR_RETURN(std::byte * slice_b, pool->allocate(bytes, "bench b"));
     // The raw baselines: the same bytes as one contiguous copy on the same queues.
     const CopyRegion raw_out_a{slice_a, a.arena, bytes}, raw_in_a{a.arena, slice_a, bytes}, raw_in_b{b.arena, slice_b, bytes};
-    auto raw = [&](const CopyRegion& region, CopyQueue queue) { return backend->copy({&region, 1}, queue); };
+    auto raw = [&](const CopyRegion& region, CopyQueue queue) -> Status {
+      if (device == DeviceKind::kCpu) {  // plain memcpy, not the backend's swap copy
+        std::memcpy(region.dst, region.src, region.bytes);
+        return {};
+      }
+      return backend->copy({&region, 1}, queue);
+    };
     // Even: as many rounds of each order. Small copies are tens of microseconds and
     // their medians noisy: many rounds of them.
     const int repeats = bytes <= (4u << 20) ? 100 : bytes <= (16u << 20) ? 10 : 4;

@@ -3,6 +3,7 @@
 
 #include <atomic>
 #include <csignal>
+#include <cstdlib>
 
 #include "djinn/cli/commands.h"
 #include "djinn/core/cpu_affinity.h"
@@ -20,10 +21,18 @@ void on_signal(int) {
 struct ServeOptions {
   rpc::ServerOptions server;
   std::string device = "cpu";
+  bool lazy_kernels = false;
 };
 
 Status serve(ServeOptions options) {
   options.server.runtime.device = options.device == "cuda" ? DeviceKind::kCuda : DeviceKind::kCpu;
+  // A server loads every GPU kernel when it starts (before the CUDA runtime does
+  // anything, so here). CUDA's default loads a kernel on its first launch: measured on
+  // an H100, a fresh server's first gpt2 forward of 128 tokens then took 6.6 ms more
+  // than later ones, against 0.9 ms when loaded eagerly, which costs ~2.7 s at start.
+  // A CUDA_MODULE_LOADING already in the environment is kept.
+  if (options.server.runtime.device == DeviceKind::kCuda)
+    ::setenv("CUDA_MODULE_LOADING", options.lazy_kernels ? "LAZY" : "EAGER", /*overwrite=*/options.lazy_kernels);
   spdlog::set_level(spdlog::level::info);
   DJINN_ASSIGN_OR_RETURN(std::unique_ptr<rpc::Server> server, rpc::Server::create(options.server));
   g_serving.store(server.get());
@@ -50,6 +59,9 @@ Command add_serve_command(CLI::App& app) {
   CLI::App* command = app.add_subcommand("serve", "Serve sessions over ZeroMQ until SIGINT / SIGTERM");
   command->add_option("--listen", s.listen, "tcp://host:port, ipc://path or inproc://name (repeatable)");
   command->add_option("--device", options->device, "cpu or cuda")->check(CLI::IsMember({"cpu", "cuda"}));
+  command->add_flag("--lazy-kernels", options->lazy_kernels,
+                    "cuda: load each GPU kernel on its first use, as CUDA does by default (starts ~3 s sooner; a "
+                    "request's first use of a kernel waits for it). Default: all at start");
   command->add_option("--device-mem-gb", s.runtime.device_mem_gb, "cap on the device memory the VMU manages, GiB")
       ->check(CLI::PositiveNumber);
   command->add_option("--arena-mb", s.runtime.arena_mb, "session arena size, MiB")->check(CLI::PositiveNumber);

@@ -25,6 +25,7 @@ void SwapTicket::finish(const Status& copied) const {
 
 bool SwapTicket::done() const {
   if (state_ == nullptr) return false;
+  if (state_->inline_result) return true;  // counted when it ran
   const bool finished = state_->device != nullptr
                             ? state_->device->done()
                             : state_->host.wait_for(std::chrono::seconds(0)) == std::future_status::ready;
@@ -34,6 +35,7 @@ bool SwapTicket::done() const {
 
 Status SwapTicket::wait() const {
   if (state_ == nullptr) return invalid_argument("waiting on a swap ticket that has no copy");
+  if (state_->inline_result) return *state_->inline_result;
   Status status = state_->device != nullptr ? state_->device->wait() : state_->host.get();
   finish(status);
   return status;
@@ -93,7 +95,14 @@ std::shared_future<Status> SwapManager::enqueue(Worker& worker, std::function<St
   return done;
 }
 
-SwapTicket SwapManager::copy(std::vector<ByteSpan> spans, std::byte* slice, bool to_slice) {
+void SwapManager::record(bool to_slice, size_t bytes, double seconds) {
+  std::lock_guard lock(mutex_);
+  ++(to_slice ? stats_.swaps_out : stats_.swaps_in);
+  (to_slice ? stats_.bytes_out : stats_.bytes_in) += bytes;
+  (to_slice ? stats_.seconds_out : stats_.seconds_in) += seconds;
+}
+
+SwapTicket SwapManager::copy(std::span<const ByteSpan> spans, std::byte* slice, bool to_slice) {
   std::vector<CopyRegion> regions;
   regions.reserve(spans.size());
   size_t total = 0;
@@ -102,53 +111,43 @@ SwapTicket SwapManager::copy(std::vector<ByteSpan> spans, std::byte* slice, bool
     total += s.bytes;
   }
   const CopyQueue queue = to_slice ? CopyQueue::kSwapOut : CopyQueue::kSwapIn;
-  auto record = [this, to_slice, total](double seconds) {
-    std::lock_guard lock(mutex_);
-    ++(to_slice ? stats_.swaps_out : stats_.swaps_in);
-    (to_slice ? stats_.bytes_out : stats_.bytes_in) += total;
-    (to_slice ? stats_.seconds_out : stats_.seconds_in) += seconds;
-  };
   SwapTicket ticket;
   ticket.state_ = std::make_shared<SwapTicket::State>();
   // Backend queues (CUDA streams): issued from here, no thread hop; counted when done.
   if (backend_.supports_async_copy()) {
     Result<std::shared_ptr<QueueEvent>> event = backend_.copy_async(regions, queue);
     if (!event.ok()) {
-      std::promise<Status> failed;
-      failed.set_value(event.status());
-      ticket.state_->host = failed.get_future().share();
+      ticket.state_->inline_result = event.status();
       return ticket;
     }
     ticket.state_->device = std::move(event).value();
-    ticket.state_->on_finish = record;
+    ticket.state_->on_finish = [this, to_slice, total](double seconds) { record(to_slice, total, seconds); };
     return ticket;
   }
   // Otherwise the copy is timed and counted by the thread that runs it.
-  auto timed_copy = [this, regions = std::move(regions), queue, record, state = ticket.state_] {
+  auto timed_copy = [this, regions = std::move(regions), queue, to_slice, total, state = ticket.state_] {
     const auto start = std::chrono::steady_clock::now();
     const Status copied = backend_.copy(regions, queue);
     if (copied.ok()) {
       state->seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-      record(state->seconds);
+      record(to_slice, total, state->seconds);
     }
     return copied;
   };
   if (total <= kInlineCopyBytes) {  // small: the hand-off would cost more than the copy
-    std::promise<Status> result;
-    result.set_value(timed_copy());
-    ticket.state_->host = result.get_future().share();
+    ticket.state_->inline_result = timed_copy();
   } else {
     ticket.state_->host = enqueue(to_slice ? out_ : in_, std::move(timed_copy));
   }
   return ticket;
 }
 
-SwapTicket SwapManager::gather(std::vector<ByteSpan> spans, std::byte* slice) {
-  return copy(std::move(spans), slice, /*to_slice=*/true);
+SwapTicket SwapManager::gather(std::span<const ByteSpan> spans, std::byte* slice) {
+  return copy(spans, slice, /*to_slice=*/true);
 }
 
-SwapTicket SwapManager::scatter(std::byte* slice, std::vector<ByteSpan> spans) {
-  return copy(std::move(spans), slice, /*to_slice=*/false);
+SwapTicket SwapManager::scatter(std::byte* slice, std::span<const ByteSpan> spans) {
+  return copy(spans, slice, /*to_slice=*/false);
 }
 
 Result<SwapTicket> SwapManager::swap_out(InferenceSession& session) {

@@ -27,6 +27,7 @@
 #include <functional>
 #include <future>
 #include <mutex>
+#include <optional>
 #include <nlohmann/json.hpp>
 #include <span>
 #include <thread>
@@ -67,7 +68,8 @@ class SwapTicket {
   friend class SwapManager;
   struct State {
     std::chrono::steady_clock::time_point issued_at = std::chrono::steady_clock::now();
-    std::shared_future<Status> host;         // copies run by a worker or inline
+    std::optional<Status> inline_result;     // run by the calling thread, or refused: finished
+    std::shared_future<Status> host;         // copies run by a worker
     std::shared_ptr<QueueEvent> device;      // copies on a backend queue
     std::function<void(double)> on_finish;   // called once, with copy_seconds, when success is first seen
     std::once_flag finished;
@@ -106,8 +108,8 @@ class SwapManager {
   // benchmark: gather `spans` into one HostPool slice, scatter a slice back.
   // `slice` must hold the sum of the span sizes. The spans are read (gather) or written
   // (scatter) after the compute queue's work issued so far.
-  SwapTicket gather(std::vector<ByteSpan> spans, std::byte* slice);
-  SwapTicket scatter(std::byte* slice, std::vector<ByteSpan> spans);
+  SwapTicket gather(std::span<const ByteSpan> spans, std::byte* slice);
+  SwapTicket scatter(std::byte* slice, std::span<const ByteSpan> spans);
 
   SwapStats stats() const;
   HostPool& pool() { return pool_; }
@@ -123,7 +125,9 @@ class SwapManager {
   // Queues `job` on `worker`; the future is its result.
   std::shared_future<Status> enqueue(Worker& worker, std::function<Status()> job);
   // spans -> slice on the out worker (to_slice), or slice -> spans on the in worker.
-  SwapTicket copy(std::vector<ByteSpan> spans, std::byte* slice, bool to_slice);
+  SwapTicket copy(std::span<const ByteSpan> spans, std::byte* slice, bool to_slice);
+  // Counts a finished copy of `bytes` that took `seconds` on its queue.
+  void record(bool to_slice, size_t bytes, double seconds);
   void run_worker(Worker& worker);
 
   Backend& backend_;

@@ -10,6 +10,7 @@
 #include <new>
 
 #include "djinn/backend/cpu/cpu_kernels.h"
+#include "djinn/backend/cpu/stream_copy.h"
 
 namespace djinn {
 
@@ -58,9 +59,20 @@ void* CpuBackend::allocate(size_t bytes, size_t alignment) {
 
 void CpuBackend::deallocate(void* pointer) { std::free(pointer); }
 
-Status CpuBackend::copy(std::span<const CopyRegion> regions, CopyQueue /*queue*/) {
-  for (const CopyRegion& r : regions)
-    if (r.bytes > 0) std::memcpy(r.dst, r.src, r.bytes);
+Status CpuBackend::copy(std::span<const CopyRegion> regions, CopyQueue queue) {
+  // Swaps larger than the cache bypass it (cpu/stream_copy.h); everything else, and
+  // every compute-queue copy (its bytes are read next), goes through it.
+  size_t total = 0;
+  for (const CopyRegion& r : regions) total += r.bytes;
+  const bool stream = queue != CopyQueue::kCompute && total >= cpu::stream_copy_min_bytes();
+  for (const CopyRegion& r : regions) {
+    if (r.bytes == 0) continue;
+    if (stream) {
+      cpu::stream_copy(r.dst, r.src, r.bytes);
+    } else {
+      std::memcpy(r.dst, r.src, r.bytes);
+    }
+  }
   return {};
 }
 
