@@ -106,7 +106,7 @@ Status bench_swap(const SwapBenchOptions& options) {
     };
     // Even: as many rounds of each order. Small copies are tens of microseconds and
     // their medians noisy: many rounds of them.
-    const int repeats = bytes <= (4u << 20) ? 100 : bytes <= (16u << 20) ? 10 : 4;
+    const int repeats = bytes <= (4u << 20) ? 100 : 10;
     std::vector<double> out, in, both, raw_out, raw_in, raw_both, out_copy, in_copy, out_issue, in_issue;
     for (int r = 0; r < repeats + 1; ++r) {  // the first round warms up and is dropped
       const bool keep = r > 0;
