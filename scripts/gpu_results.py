@@ -109,6 +109,11 @@ def main():
     lines.append("")
     if both_note:
         lines.append(both_note)
+    if swap and all("in_step_follows_pct_of_raw" in r for r in swap["rows"]):
+        lines.append("Swap-in as a step on a swapped session issues it (`SwapUse::kStepFollows`: ordered before the step "
+                     "on the device, never waited for as it is issued, timed by events), against the same raw copy: " +
+                     ", ".join(f"{round(r['bytes'] / 2**20)} MiB {r['in_step_follows_pct_of_raw']:.0f}%"
+                               for r in swap["rows"]) + ".")
     if nographs and decode:
         lines.append(f"Step capture (CUDA graphs) off, same GPU, same run: decode step "
                      f"{nographs['decode_ms_per_token_p50']:.2f} ms p50 (on: {decode['decode_ms_per_token_p50']:.2f}); "

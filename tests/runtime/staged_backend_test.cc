@@ -218,9 +218,11 @@ class QueuedCopyBackend final : public CpuBackend {
     for (std::thread& t : copiers_) t.join();
   }
   bool supports_async_copy() const override { return true; }
-  Result<std::shared_ptr<QueueEvent>> copy_async(std::span<const CopyRegion> regions, CopyQueue queue) override {
+  Result<std::shared_ptr<QueueEvent>> copy_async(std::span<const CopyRegion> regions, CopyQueue queue,
+                                                 SwapUse use) override {
     auto event = std::make_shared<CopyThreadEvent>();
     ++async_copies;
+    uses.push_back(use);
     copiers_.emplace_back([this, event, queue, regions = std::vector<CopyRegion>(regions.begin(), regions.end())] {
       const auto start = std::chrono::steady_clock::now();
       std::this_thread::sleep_for(delay_);
@@ -246,6 +248,7 @@ class QueuedCopyBackend final : public CpuBackend {
   }
 
   std::atomic<int> async_copies = 0, device_waits = 0, fences_found_unfinished = 0;
+  std::vector<SwapUse> uses;  // of every copy_async, in order (the caller's thread only)
 
  private:
   // The compute queue reaches the fence: it waits there (on the "device").
@@ -308,6 +311,7 @@ TEST(QueuedSwapCopies, AStepRightAfterASwapInWaitsOnTheDeviceAndSeesTheKv) {
   EXPECT_EQ(std::memcmp(want.logits.data(), got->logits.data(), want.logits.size() * sizeof(float)), 0);
   EXPECT_EQ(got->next_token, want.next_token);
   EXPECT_EQ(backend.async_copies.load(), 2);
+  EXPECT_EQ(backend.uses, (std::vector<SwapUse>{SwapUse::kAhead, SwapUse::kAhead}));  // out, then in ahead
   EXPECT_EQ(backend.device_waits.load(), 1);              // ordered on the "device" ...
   EXPECT_EQ(backend.fences_found_unfinished.load(), 1);   // ... while the copy still ran
   EXPECT_GT(got->swap_wait_us, 10'000.0);                  // and the step reports the wait
@@ -316,6 +320,23 @@ TEST(QueuedSwapCopies, AStepRightAfterASwapInWaitsOnTheDeviceAndSeesTheKv) {
   // Generation goes on identically.
   EXPECT_EQ(queued->generate(sb, std::vector<int32_t>{got->next_token}, 5)->new_tokens,
             plain->generate(sa, std::vector<int32_t>{want.next_token}, 5)->new_tokens);
+}
+
+// A step on a swapped session swaps it in itself: that copy is issued as one a step
+// follows (a backend never waits for it on the host) and the step is ordered after it
+// on the "device", still running.
+TEST(QueuedSwapCopies, AStepOnASwappedSessionIssuesItsSwapInForTheDevice) {
+  QueuedPair p(std::chrono::milliseconds(60), 6);
+  QueuedCopyBackend& backend = *p.backend;
+  const std::vector<int32_t> next{p.first};
+  const ForwardResult want = *p.plain->forward(p.plain_session, next);
+  Result<ForwardResult> got = p.queued->forward(p.queued_session, next);
+  ASSERT_TRUE(got.ok()) << got.status().to_string();
+  EXPECT_EQ(std::memcmp(want.logits.data(), got->logits.data(), want.logits.size() * sizeof(float)), 0);
+  EXPECT_EQ(backend.uses, (std::vector<SwapUse>{SwapUse::kAhead, SwapUse::kStepFollows}));
+  EXPECT_EQ(backend.device_waits.load(), 1);
+  EXPECT_EQ(backend.fences_found_unfinished.load(), 1);
+  EXPECT_EQ((*p.queued->session(p.queued_session))->residency(), Residency::kResident);
 }
 
 // A swap-in whose copy fails after the step was ordered after it: the step does not

@@ -45,7 +45,7 @@ TEST(SwapManager, GatherScatterRoundTripsPreserveEveryByte) {
     ASSERT_TRUE(swap.gather(out, slice).wait().ok());
     // Scatter into a fresh target area and compare span by span.
     std::memset(target.data(), 0, target.size());
-    ASSERT_TRUE(swap.scatter(slice, in).wait().ok());
+    ASSERT_TRUE(swap.scatter(slice, in, SwapUse::kAhead).wait().ok());
     for (size_t i = 0; i < out.size(); ++i) ASSERT_EQ(std::memcmp(out[i].data, in[i].data, out[i].bytes), 0) << cycle;
     pool->free(slice);
     ASSERT_TRUE(pool->check_invariants().ok());

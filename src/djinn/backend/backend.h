@@ -58,6 +58,14 @@ std::optional<PitchedCopy> as_pitched_copy(std::span<const CopyRegion> regions);
 
 enum class CopyQueue : uint8_t { kCompute, kSwapOut, kSwapIn };
 
+// What an asynchronous swap copy is for, as far as waiting for it goes (copy_async):
+//  kAhead        nothing is ordered after it yet: every swap-out, and a swap-in the
+//                policy starts before the session's next step. A backend may finish a
+//                small one before copy_async returns (CUDA: Note [Waited small swaps]).
+//  kStepFollows  a swap-in whose session's step is issued next and ordered after the
+//                copy on the device (compute_waits_for): never waited for on the host.
+enum class SwapUse : uint8_t { kAhead, kStepFollows };
+
 // A point on one of a backend's queues (CUDA: an event recorded on a stream): done once
 // everything issued there before it has finished.
 class QueueEvent {
@@ -102,11 +110,13 @@ class Backend {
   // Asynchronous copies, for backends whose queues run on their own (CUDA streams):
   // issues every region on `queue` (a swap queue), ordered after the compute queue's
   // work so far (the bytes were last written there), and returns without waiting; the
-  // event completes with the copies. (A backend may wait for a copy so small that
-  // tracking it would cost more than its transfer; its event is then done at once.) Backends without such queues (CPU) return
+  // event completes with the copies. (For kAhead a backend may wait for a copy so small
+  // that tracking it would cost more than its transfer; its event is then done at
+  // once. Never for kStepFollows.) Backends without such queues (CPU) return
   // kUnimplemented and the caller copies with copy() on a thread of its own.
   virtual bool supports_async_copy() const { return false; }
-  virtual Result<std::shared_ptr<QueueEvent>> copy_async(std::span<const CopyRegion> /*regions*/, CopyQueue /*queue*/) {
+  virtual Result<std::shared_ptr<QueueEvent>> copy_async(std::span<const CopyRegion> /*regions*/, CopyQueue /*queue*/,
+                                                         SwapUse /*use*/) {
     return unimplemented("this backend has no asynchronous copy queues");
   }
   // Orders the compute queue after `event` on the device: ops issued from now on run

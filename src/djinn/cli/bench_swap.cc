@@ -5,7 +5,9 @@
 // equal contiguous runs at a constant stride over an arena twice the used size, as in
 // a half-full arena. Swap-out gathers them into one HostPool slice, swap-in scatters
 // them back (CUDA: issued on the swap streams; CPU: on the SwapManager's workers, with
-// non-temporal stores when larger than the cache, cpu/stream_copy.h); "both" runs a
+// non-temporal stores when larger than the cache, cpu/stream_copy.h). Swap-ins are
+// measured as the policy issues them ahead of a step (SwapUse::kAhead: in_gbps) and as
+// a step on a swapped session does (kStepFollows: in_step_follows_gbps). "both" runs a
 // swap-out and a swap-in of two sessions at once. The baselines copy the same number of
 // bytes as one contiguous copy (raw out / raw in) and two such copies on two threads at
 // once (raw both): on the CPU backend glibc's memcpy ("device" memory is host memory),
@@ -107,7 +109,7 @@ Status bench_swap(const SwapBenchOptions& options) {
     // Even: as many rounds of each order. Small copies are tens of microseconds and
     // their medians noisy: many rounds of them.
     const int repeats = bytes <= (4u << 20) ? 100 : 10;
-    std::vector<double> out, in, both, raw_out, raw_in, raw_both, out_copy, in_copy, out_issue, in_issue;
+    std::vector<double> out, in, in_step, both, raw_out, raw_in, raw_both, out_copy, in_copy, out_issue, in_issue;
     for (int r = 0; r < repeats + 1; ++r) {  // the first round warms up and is dropped
       const bool keep = r > 0;
       // Every copy's status is kept: a failed copy is an error, never a fast one.
@@ -116,7 +118,7 @@ Status bench_swap(const SwapBenchOptions& options) {
         if (failed.ok() && !s.ok()) failed = std::move(s);
       };
       // Also how long the call that starts a swap takes: host work before the copy runs.
-      double t_out = 0, t_in = 0, t_both = 0, t_raw_out = 0, t_raw_in = 0, t_raw_both = 0;
+      double t_out = 0, t_in = 0, t_in_step = 0, t_both = 0, t_raw_out = 0, t_raw_in = 0, t_raw_both = 0;
       double c_out = 0, c_in = 0, issue_out = 0, issue_in = 0;
       auto swap_out = [&] {
         const SwapStats before = swap.stats();
@@ -132,16 +134,21 @@ Status bench_swap(const SwapBenchOptions& options) {
         const SwapStats before = swap.stats();
         t_in = seconds_of([&] {
           const auto start = Clock::now();
-          SwapTicket ticket = swap.scatter(slice_a, a.spans);
+          SwapTicket ticket = swap.scatter(slice_a, a.spans, SwapUse::kAhead);
           issue_in = std::chrono::duration<double>(Clock::now() - start).count();
           keep_error(ticket.wait());
         });
         c_in = swap.stats().seconds_in - before.seconds_in;
       };
+      // A swap-in that a step follows (SwapUse::kStepFollows): never waited for as it is
+      // issued, so on CUDA timed by events even when small.
+      auto swap_in_step = [&] {
+        t_in_step = seconds_of([&] { keep_error(swap.scatter(slice_a, a.spans, SwapUse::kStepFollows).wait()); });
+      };
       auto swap_both = [&] {
         t_both = seconds_of([&] {
           SwapTicket t1 = swap.gather(a.spans, slice_a);
-          SwapTicket t2 = swap.scatter(slice_b, b.spans);
+          SwapTicket t2 = swap.scatter(slice_b, b.spans, SwapUse::kAhead);
           keep_error(t1.wait());
           keep_error(t2.wait());
         });
@@ -169,6 +176,8 @@ Status bench_swap(const SwapBenchOptions& options) {
       };
       pair(swap_out, raw_out_copy);
       pair(swap_in, raw_in_copy);
+      if (keep) raw_in.push_back(t_raw_in);  // two raw samples a round: beside each kind of swap-in
+      pair(swap_in_step, raw_in_copy);
       pair(swap_both, raw_both_copies);
       keep_error(other_failed);
       DJINN_RETURN_IF_ERROR(failed);
@@ -178,6 +187,7 @@ Status bench_swap(const SwapBenchOptions& options) {
       in_issue.push_back(issue_in);
       out_copy.push_back(c_out);
       in.push_back(t_in);
+      in_step.push_back(t_in_step);
       in_copy.push_back(c_in);
       both.push_back(t_both);
       raw_out.push_back(t_raw_out);
@@ -198,6 +208,9 @@ Status bench_swap(const SwapBenchOptions& options) {
                     {"raw_both_gbps", gbps(raw_both, 2)},
                     {"out_pct_of_raw", 100.0 * out_gbps / raw_out_gbps},
                     {"in_pct_of_raw", 100.0 * in_gbps / raw_in_gbps},
+                    // Swap-in with a step following it (the implicit one before a step).
+                    {"in_step_follows_gbps", gbps(in_step, 1)},
+                    {"in_step_follows_pct_of_raw", 100.0 * gbps(in_step, 1) / raw_in_gbps},
                     // The copy alone, timed on the worker: without the hand-off to it.
                     {"out_copy_gbps", gbps(out_copy, 1)},
                     {"in_copy_gbps", gbps(in_copy, 1)},

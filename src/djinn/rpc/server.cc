@@ -381,7 +381,7 @@ void Server::run_swap_policy() {
     if (!s.ok()) continue;
     const bool out = d.action == SwapDecision::Action::kSwapOut;
     const size_t bytes = (*s)->kv_used_bytes();
-    Result<SwapTicket> ticket = out ? runtime_->swap_out(d.session) : runtime_->swap_in(d.session);
+    Result<SwapTicket> ticket = out ? runtime_->swap_out(d.session) : runtime_->swap_in(d.session, SwapUse::kAhead);
     if (!ticket.ok()) {
       policy_.swap_failed(d.session);
       ++counters_.swap_refusals;
@@ -674,7 +674,7 @@ Status Server::on_generate(const Request& request, Outgoing& out) {
   const auto swap_start = Clock::now();
   Status back;
   if (session->residency() == Residency::kSwappingOut) back = session->settle_swap();
-  if (back.ok() && session->residency() == Residency::kSwapped) back = runtime_->swap_in(id).status();
+  if (back.ok() && session->residency() == Residency::kSwapped) back = runtime_->swap_in(id, SwapUse::kStepFollows).status();
   g.swap_in_us = us_since(swap_start);
   if (!back.ok()) {
     sync_policy(id);

@@ -178,9 +178,9 @@ Result<SwapTicket> Runtime::swap_out(SessionId id) {
   return swap_->swap_out(*s);
 }
 
-Result<SwapTicket> Runtime::swap_in(SessionId id) {
+Result<SwapTicket> Runtime::swap_in(SessionId id, SwapUse use) {
   DJINN_ASSIGN_OR_RETURN(InferenceSession * s, session(id));
-  return swap_->swap_in(*s);
+  return swap_->swap_in(*s, use);
 }
 
 Status Runtime::settle(SessionId id) {
@@ -191,7 +191,7 @@ Status Runtime::settle(SessionId id) {
 Result<InferenceSession*> Runtime::resident_session(SessionId id) {
   DJINN_ASSIGN_OR_RETURN(InferenceSession * s, session(id));
   if (s->residency() == Residency::kSwappingOut) DJINN_RETURN_IF_ERROR(s->settle_swap());
-  if (s->residency() == Residency::kSwapped) DJINN_RETURN_IF_ERROR(swap_->swap_in(*s).status());
+  if (s->residency() == Residency::kSwapped) DJINN_RETURN_IF_ERROR(swap_->swap_in(*s, SwapUse::kStepFollows).status());
   // A swap-in in flight (just issued, or started ahead by the policy): the step waits
   // for it on the device, not here.
   DJINN_RETURN_IF_ERROR(s->prepare_for_step());

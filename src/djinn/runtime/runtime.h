@@ -65,9 +65,11 @@ class Runtime {
 
   // KV swapping (swap/swap_manager.h): the copy runs on the swap worker; the session
   // settles (frees its arena, or its HostPool slice) when next used or settled.
-  // forward / generate on a swapped session swap it in first.
+  // forward / generate on a swapped session swap it in first (SwapUse::kStepFollows).
+  // swap_in's `use`: kAhead for a swap-in ahead of the session's next step (the
+  // policy's), kStepFollows when that step is issued right after.
   Result<SwapTicket> swap_out(SessionId session);
-  Result<SwapTicket> swap_in(SessionId session);
+  Result<SwapTicket> swap_in(SessionId session, SwapUse use = SwapUse::kAhead);
   Status settle(SessionId session);
   SwapManager& swap_manager() { return *swap_; }
 

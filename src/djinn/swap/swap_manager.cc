@@ -102,7 +102,7 @@ void SwapManager::record(bool to_slice, size_t bytes, double seconds) {
   (to_slice ? stats_.seconds_out : stats_.seconds_in) += seconds;
 }
 
-SwapTicket SwapManager::copy(std::span<const ByteSpan> spans, std::byte* slice, bool to_slice) {
+SwapTicket SwapManager::copy(std::span<const ByteSpan> spans, std::byte* slice, bool to_slice, SwapUse use) {
   std::vector<CopyRegion> regions;
   regions.reserve(spans.size());
   size_t total = 0;
@@ -115,7 +115,7 @@ SwapTicket SwapManager::copy(std::span<const ByteSpan> spans, std::byte* slice, 
   ticket.state_ = std::make_shared<SwapTicket::State>();
   // Backend queues (CUDA streams): issued from here, no thread hop; counted when done.
   if (backend_.supports_async_copy()) {
-    Result<std::shared_ptr<QueueEvent>> event = backend_.copy_async(regions, queue);
+    Result<std::shared_ptr<QueueEvent>> event = backend_.copy_async(regions, queue, use);
     if (!event.ok()) {
       ticket.state_->inline_result = event.status();
       return ticket;
@@ -143,11 +143,11 @@ SwapTicket SwapManager::copy(std::span<const ByteSpan> spans, std::byte* slice, 
 }
 
 SwapTicket SwapManager::gather(std::span<const ByteSpan> spans, std::byte* slice) {
-  return copy(spans, slice, /*to_slice=*/true);
+  return copy(spans, slice, /*to_slice=*/true, SwapUse::kAhead);
 }
 
-SwapTicket SwapManager::scatter(std::byte* slice, std::span<const ByteSpan> spans) {
-  return copy(spans, slice, /*to_slice=*/false);
+SwapTicket SwapManager::scatter(std::byte* slice, std::span<const ByteSpan> spans, SwapUse use) {
+  return copy(spans, slice, /*to_slice=*/false, use);
 }
 
 Result<SwapTicket> SwapManager::swap_out(InferenceSession& session) {
@@ -166,7 +166,7 @@ Result<SwapTicket> SwapManager::swap_out(InferenceSession& session) {
   return ticket;
 }
 
-Result<SwapTicket> SwapManager::swap_in(InferenceSession& session) {
+Result<SwapTicket> SwapManager::swap_in(InferenceSession& session, SwapUse use) {
   DJINN_RETURN_IF_ERROR(session.settle_swap());
   if (session.residency() != Residency::kSwapped)
     return invalid_argument(fmt::format("swap-in of a session that is {}", residency_name(session.residency())));
@@ -174,7 +174,7 @@ Result<SwapTicket> SwapManager::swap_in(InferenceSession& session) {
   // The arena is the session's from here (its KV views are laid out in it); the copy
   // then fills their used rows from the slice.
   DJINN_RETURN_IF_ERROR(session.adopt_arena(std::move(arena)));
-  SwapTicket ticket = scatter(session.host_slice(), session.kv_used_spans());
+  SwapTicket ticket = scatter(session.host_slice(), session.kv_used_spans(), use);
   session.begin_swap_in(ticket);
   return ticket;
 }

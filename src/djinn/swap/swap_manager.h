@@ -102,14 +102,16 @@ class SwapManager {
 
   // Session-level swaps (the session must not run a step until the ticket is ready).
   Result<SwapTicket> swap_out(InferenceSession& session);
-  Result<SwapTicket> swap_in(InferenceSession& session);
+  // `use`: kStepFollows when the session's step is issued right after (it is ordered
+  // after the copy on the device, never waited for on the host); kAhead otherwise.
+  Result<SwapTicket> swap_in(InferenceSession& session, SwapUse use);
 
   // The copy primitives the session-level swaps are made of, also used by the swap
   // benchmark: gather `spans` into one HostPool slice, scatter a slice back.
   // `slice` must hold the sum of the span sizes. The spans are read (gather) or written
   // (scatter) after the compute queue's work issued so far.
   SwapTicket gather(std::span<const ByteSpan> spans, std::byte* slice);
-  SwapTicket scatter(std::byte* slice, std::span<const ByteSpan> spans);
+  SwapTicket scatter(std::byte* slice, std::span<const ByteSpan> spans, SwapUse use);
 
   SwapStats stats() const;
   HostPool& pool() { return pool_; }
@@ -125,7 +127,7 @@ class SwapManager {
   // Queues `job` on `worker`; the future is its result.
   std::shared_future<Status> enqueue(Worker& worker, std::function<Status()> job);
   // spans -> slice on the out worker (to_slice), or slice -> spans on the in worker.
-  SwapTicket copy(std::span<const ByteSpan> spans, std::byte* slice, bool to_slice);
+  SwapTicket copy(std::span<const ByteSpan> spans, std::byte* slice, bool to_slice, SwapUse use);
   // Counts a finished copy of `bytes` that took `seconds` on its queue.
   void record(bool to_slice, size_t bytes, double seconds);
   void run_worker(Worker& worker);

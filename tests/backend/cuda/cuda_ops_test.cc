@@ -523,7 +523,7 @@ TEST_F(CudaOps, AsyncSpanCopiesRoundTripByKernelAndByCopyEngine) {
       at += bytes;
     }
     std::fill(host.begin(), host.end(), kPoison);
-    Result<std::shared_ptr<QueueEvent>> copied_out = cuda_->copy_async(out, CopyQueue::kSwapOut);
+    Result<std::shared_ptr<QueueEvent>> copied_out = cuda_->copy_async(out, CopyQueue::kSwapOut, SwapUse::kAhead);
     ASSERT_TRUE(copied_out.ok()) << copied_out.status().to_string();
     ASSERT_TRUE((*copied_out)->wait().ok());
     EXPECT_TRUE((*copied_out)->done());
@@ -531,7 +531,7 @@ TEST_F(CudaOps, AsyncSpanCopiesRoundTripByKernelAndByCopyEngine) {
       ASSERT_EQ(std::memcmp(host.data() + h, pattern.data() + spans[i].first, spans[i].second), 0) << "span " << i;
     ASSERT_TRUE(cuda_->zero(device, kDeviceBytes).ok());
     ASSERT_TRUE(cuda_->synchronize().ok());
-    Result<std::shared_ptr<QueueEvent>> copied_in = cuda_->copy_async(in, CopyQueue::kSwapIn);
+    Result<std::shared_ptr<QueueEvent>> copied_in = cuda_->copy_async(in, CopyQueue::kSwapIn, SwapUse::kStepFollows);
     ASSERT_TRUE(copied_in.ok()) << copied_in.status().to_string();
     ASSERT_TRUE(cuda_->compute_waits_for(**copied_in).ok());  // the download below is ordered after it
     std::vector<std::byte> back(kDeviceBytes);
@@ -567,9 +567,10 @@ TEST_F(CudaOps, AsyncSpanCopiesRoundTripByKernelAndByCopyEngine) {
 
 // A session's swap as the backend sees it: 24 equal slots at a constant stride, packed
 // into one host slice (one 2D copy), and the same with one slot shorter (a batch of
-// copies). Up to 4 MiB with nothing queued ahead the copy is over when copy_async
-// returns (Note [Waited small swaps]); beyond, it runs on its own and is timed on the
-// device. Either way every byte round trips and the time is positive.
+// copies). Up to 4 MiB with nothing queued ahead a kAhead copy is over when copy_async
+// returns (Note [Waited small swaps]); beyond, or when a step follows (kStepFollows), it
+// runs on its own and is timed on the device. Every way every byte round trips and the
+// time is positive.
 TEST_F(CudaOps, SwapCopiesSmallAreWaitedLargeRunOnTheirOwnAndBothRoundTrip) {
   constexpr size_t kSlots = 24, kStride = size_t{1} << 20;
   std::byte* device = static_cast<std::byte*>(cuda_->allocate(kSlots * kStride, 256));
@@ -594,7 +595,7 @@ TEST_F(CudaOps, SwapCopiesSmallAreWaitedLargeRunOnTheirOwnAndBothRoundTrip) {
       }
       EXPECT_EQ(as_pitched_copy(out).has_value(), pitched);
       std::fill(host.begin(), host.end(), kPoison);
-      Result<std::shared_ptr<QueueEvent>> copied_out = cuda_->copy_async(out, CopyQueue::kSwapOut);
+      Result<std::shared_ptr<QueueEvent>> copied_out = cuda_->copy_async(out, CopyQueue::kSwapOut, SwapUse::kAhead);
       ASSERT_TRUE(copied_out.ok()) << copied_out.status().to_string();
       if (at <= (size_t{4} << 20)) {
         EXPECT_TRUE((*copied_out)->done());  // waited: nothing was queued ahead
@@ -603,17 +604,23 @@ TEST_F(CudaOps, SwapCopiesSmallAreWaitedLargeRunOnTheirOwnAndBothRoundTrip) {
       EXPECT_GT((*copied_out)->elapsed_seconds(), 0.0);
       for (size_t i = 0, h = 0; i < kSlots; h += out[i].bytes, ++i)
         ASSERT_EQ(std::memcmp(host.data() + h, pattern.data() + i * kStride, out[i].bytes), 0) << "slot " << i;
-      ASSERT_TRUE(cuda_->zero(device, pattern.size()).ok());
-      ASSERT_TRUE(cuda_->synchronize().ok());
-      Result<std::shared_ptr<QueueEvent>> copied_in = cuda_->copy_async(in, CopyQueue::kSwapIn);
-      ASSERT_TRUE(copied_in.ok()) << copied_in.status().to_string();
-      ASSERT_TRUE(cuda_->compute_waits_for(**copied_in).ok());  // the download below is ordered after it
-      std::vector<std::byte> back(pattern.size());
-      ASSERT_TRUE(cuda_->download(back.data(), device, back.size()).ok());
-      ASSERT_TRUE((*copied_in)->wait().ok());
-      EXPECT_GT((*copied_in)->elapsed_seconds(), 0.0);
-      for (size_t i = 0; i < kSlots; ++i)
-        ASSERT_EQ(std::memcmp(back.data() + i * kStride, pattern.data() + i * kStride, in[i].bytes), 0) << "slot " << i;
+      for (SwapUse use : {SwapUse::kAhead, SwapUse::kStepFollows}) {
+        SCOPED_TRACE(use == SwapUse::kAhead ? "swap-in ahead" : "swap-in, a step follows");
+        ASSERT_TRUE(cuda_->zero(device, pattern.size()).ok());
+        ASSERT_TRUE(cuda_->synchronize().ok());
+        Result<std::shared_ptr<QueueEvent>> copied_in = cuda_->copy_async(in, CopyQueue::kSwapIn, use);
+        ASSERT_TRUE(copied_in.ok()) << copied_in.status().to_string();
+        if (use == SwapUse::kAhead && at <= (size_t{4} << 20)) {
+          EXPECT_TRUE((*copied_in)->done());  // waited: nothing was queued ahead
+        }
+        ASSERT_TRUE(cuda_->compute_waits_for(**copied_in).ok());  // the download below is ordered after it
+        std::vector<std::byte> back(pattern.size());
+        ASSERT_TRUE(cuda_->download(back.data(), device, back.size()).ok());
+        ASSERT_TRUE((*copied_in)->wait().ok());
+        EXPECT_GT((*copied_in)->elapsed_seconds(), 0.0);
+        for (size_t i = 0; i < kSlots; ++i)
+          ASSERT_EQ(std::memcmp(back.data() + i * kStride, pattern.data() + i * kStride, in[i].bytes), 0) << "slot " << i;
+      }
     }
   }
   cuda_->unpin_host(host.data());

@@ -71,7 +71,8 @@ class CudaBackend final : public Backend {
   // Swap copies on their own streams, ordered after the compute stream's work so far;
   // the event is a pair of timing events around them.
   bool supports_async_copy() const override { return true; }
-  Result<std::shared_ptr<QueueEvent>> copy_async(std::span<const CopyRegion> regions, CopyQueue queue) override;
+  Result<std::shared_ptr<QueueEvent>> copy_async(std::span<const CopyRegion> regions, CopyQueue queue,
+                                                 SwapUse use) override;
   Status compute_waits_for(QueueEvent& event) override;
   Status zero(void* dst, size_t bytes) override;
   Status synchronize() override;
@@ -107,7 +108,7 @@ class CudaBackend final : public Backend {
   Status issue_copies(std::span<const CopyRegion> regions, CopyQueue queue, const std::optional<PitchedCopy>& pitched);
   // A swap's copies on `stream`: one 2D copy, the span-copy kernel, or issue_copies.
   Status issue_swap_copies(std::span<const CopyRegion> regions, CopyQueue queue, CUstream_st* stream);
-  // copy_async waits for swaps up to this size (Note [Waited small swaps], cuda_backend.cc).
+  // copy_async waits for kAhead swaps up to this size (Note [Waited small swaps], cuda_backend.cc).
   static constexpr size_t kWaitedSwapBytes = size_t{4} << 20;
   // Per swap queue (out, in): an asynchronous swap was issued there and may still run.
   // Touched only by copy_async's one thread (the executor's, see backend.h).
