@@ -160,6 +160,23 @@ TEST(CliBench, OsTaxQuickPrintsEveryReferenceOnBothTransports) {
   }
 }
 
+// The full run's full_forward row pairs each server's cold call with the same server's
+// warm calls (one pair per server) and carries the server's dispatch times.
+TEST(CliBench, OsTaxFullForwardPairsEachServersColdCallWithItsWarmCalls) {
+  const CommandResult r =
+      run_djinn("bench os-tax --iterations 10 --large-iterations 2 --cold-repeats 2 --json --listen tcp");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const nlohmann::json out = nlohmann::json::parse(r.out);
+  ASSERT_EQ(out["rows"].size(), 3u);
+  const nlohmann::json& row = out["rows"][2];
+  EXPECT_EQ(row["op"], "full_forward");
+  EXPECT_EQ(row["cold_us_samples"].size(), 2u);
+  EXPECT_EQ(row["cold_minus_warm_paired_samples"].size(), 2u);
+  EXPECT_GT(row["cold_dispatch_us"].get<double>(), 0.0);
+  EXPECT_GT(row["warm_dispatch_us_p50"].get<double>(), 0.0);
+  EXPECT_FALSE(out["rows"][0].contains("cold_minus_warm_paired_us"));  // micro_add: no pairs
+}
+
 TEST(CliRun, ReadableReportOnAPreset) {
   const CommandResult r = run_djinn("run --model llama-tiny --prompt-len 5 --max-new-tokens 3");
   ASSERT_EQ(r.exit_code, 0) << r.err;

@@ -314,7 +314,25 @@ struct RowResult {
   std::vector<double> native_us, warm_us, server_us;
   double cold_us = 0;
   std::vector<double> cold_samples;  // one per fresh server (see --cold-repeats)
+  // full_forward: per server, its cold call minus its warm calls' median (a paired
+  // difference: both under the same machine state, where a forward's own jitter on a
+  // small VM is milliseconds); and the server's dispatch time (plan lookup or build,
+  // binding) in the cold calls and the warm ones.
+  std::vector<double> cold_minus_warm_paired, cold_dispatch_us, warm_dispatch_us;
 };
+
+// full_forward on `client`'s server: a fresh session of `model` runs `tokens`; returns
+// the round trip, µs, and the server's timing.
+Result<double> remote_forward(Client& client, uint64_t model, const std::vector<int32_t>& tokens, rpc::StepTiming* timing) {
+  DJINN_ASSIGN_OR_RETURN(RemoteSession s, client.open_session(model, static_cast<int64_t>(tokens.size())));
+  const auto start = Clock::now();
+  Result<RemoteForwardResult> r = s.forward(tokens);
+  const double us = us_since(start);
+  DJINN_RETURN_IF_ERROR(s.close());
+  DJINN_RETURN_IF_ERROR(r);
+  *timing = r->timing;
+  return us;
+}
 
 // The first remote call of a graph workload on a server that has never seen it.
 Result<double> cold_graph_call(Client& client, GraphWorkload w) {
@@ -393,24 +411,17 @@ Result<RowResult> measure_full_forward(Runtime& native, Client& client, int iter
   }
   const ScopedCpuPin pin(client_cpu);
   DJINN_ASSIGN_OR_RETURN(rpc::LoadModelReply loaded, client.load_model("gpt2"));
-  auto remote_forward = [&](double* server_us) -> Result<double> {
-    DJINN_ASSIGN_OR_RETURN(RemoteSession s, client.open_session(loaded.model_id(), seq));
-    const auto start = Clock::now();
-    Result<RemoteForwardResult> r = s.forward(tokens);
-    const double us = us_since(start);
-    DJINN_RETURN_IF_ERROR(s.close());
-    DJINN_RETURN_IF_ERROR(r);
-    if (server_us != nullptr) *server_us = r->timing.server_us();
-    return us;
-  };
-  DJINN_ASSIGN_OR_RETURN(row.cold_us, remote_forward(nullptr));
+  rpc::StepTiming timing;
+  DJINN_ASSIGN_OR_RETURN(row.cold_us, remote_forward(client, loaded.model_id(), tokens, &timing));
   row.cold_samples.push_back(row.cold_us);
+  row.cold_dispatch_us.push_back(timing.dispatch_us());
   for (int i = 0; i < iterations; ++i) {
-    double server_us = 0;
-    DJINN_ASSIGN_OR_RETURN(double us, remote_forward(&server_us));
+    DJINN_ASSIGN_OR_RETURN(double us, remote_forward(client, loaded.model_id(), tokens, &timing));
     row.warm_us.push_back(us);
-    row.server_us.push_back(server_us);
+    row.server_us.push_back(timing.server_us());
+    row.warm_dispatch_us.push_back(timing.dispatch_us());
   }
+  row.cold_minus_warm_paired.push_back(row.cold_us - percentile(row.warm_us, 50));
   return row;
 }
 
@@ -510,12 +521,17 @@ Status bench_os_tax(const OsTaxOptions& options) {
       DJINN_ASSIGN_OR_RETURN(double layer_cold, cold_graph_call(*fresh_client, transformer_layer(512, 512, 8)));
       rows[1].cold_samples.push_back(layer_cold);
       DJINN_ASSIGN_OR_RETURN(rpc::LoadModelReply loaded, fresh_client->load_model("gpt2"));
-      DJINN_ASSIGN_OR_RETURN(RemoteSession session, fresh_client->open_session(loaded.model_id(), 128));
       const std::vector<int32_t> tokens = full_forward_tokens(128);
-      const auto start = Clock::now();
-      DJINN_RETURN_IF_ERROR(session.forward(tokens).status());
-      rows[2].cold_samples.push_back(us_since(start));
-      DJINN_RETURN_IF_ERROR(session.close());
+      rpc::StepTiming timing;
+      DJINN_ASSIGN_OR_RETURN(double cold, remote_forward(*fresh_client, loaded.model_id(), tokens, &timing));
+      rows[2].cold_samples.push_back(cold);
+      rows[2].cold_dispatch_us.push_back(timing.dispatch_us());
+      std::vector<double> warm;  // the same server's next calls: the other half of the pair
+      for (int i = 0; i < 3; ++i) {
+        DJINN_ASSIGN_OR_RETURN(double us, remote_forward(*fresh_client, loaded.model_id(), tokens, &timing));
+        warm.push_back(us);
+      }
+      rows[2].cold_minus_warm_paired.push_back(cold - percentile(warm, 50));
     }
   }
   for (RowResult& r : rows) r.cold_us = percentile(r.cold_samples, 50);
@@ -557,6 +573,12 @@ Status bench_os_tax(const OsTaxOptions& options) {
                            {"overhead_over_floor", floor_p50 > 0 ? (warm_p50 - native_p50) / floor_p50 : 0.0},
                            {"cold_minus_warm_us", r.cold_us - warm_p50},
                            {"samples", {{"native_us", r.native_us}, {"warm_us", r.warm_us}}}});
+    if (r.cold_minus_warm_paired.empty()) continue;
+    nlohmann::json& row = out["rows"].back();
+    row["cold_minus_warm_paired_us"] = percentile(r.cold_minus_warm_paired, 50);
+    row["cold_minus_warm_paired_samples"] = r.cold_minus_warm_paired;
+    row["cold_dispatch_us"] = percentile(r.cold_dispatch_us, 50);
+    row["warm_dispatch_us_p50"] = percentile(r.warm_dispatch_us, 50);
   }
   if (options.json) {
     std::cout << out.dump(2) << '\n';
@@ -572,6 +594,13 @@ Status bench_os_tax(const OsTaxOptions& options) {
     fmt::print("  {:<13} {:>9.1f} us {:>9.1f} us {:>9.1f} us {:>9.1f} us {:>9.1f} us {:>9.2f}\n", r["op"].get<std::string>(),
                r["native_us_p50"].get<double>(), r["cold_us"].get<double>(), r["warm_us_p50"].get<double>(),
                r["warm_us_p99"].get<double>(), r["overhead_us_p50"].get<double>(), r["overhead_over_floor"].get<double>());
+  for (const nlohmann::json& r : out["rows"])
+    if (r.contains("cold_minus_warm_paired_us"))
+      fmt::print("  {}: cold minus warm on the same server, median of {} servers: {:.1f} us; server dispatch cold {:.1f} "
+                 "us, warm {:.1f} us\n",
+                 r["op"].get<std::string>(), r["cold_minus_warm_paired_samples"].size(),
+                 r["cold_minus_warm_paired_us"].get<double>(), r["cold_dispatch_us"].get<double>(),
+                 r["warm_dispatch_us_p50"].get<double>());
   return {};
 }
 

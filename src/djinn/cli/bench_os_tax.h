@@ -14,7 +14,7 @@ struct OsTaxOptions {
   int large_iterations = 10;      // layer and full_forward
   bool quick = false;             // micro_add only
   int busy_poll_us = 0;           // server and client busy-poll window (0: block at once)
-  int cold_repeats = 5;           // fresh servers giving a cold sample each (median reported)
+  int cold_repeats = 9;           // fresh servers giving a cold sample each (median reported)
   int pin_cpu = -1;               // the server's --pin-cpu
   bool json = false;
 };
