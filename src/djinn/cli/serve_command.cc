@@ -86,7 +86,9 @@ Command add_serve_command(CLI::App& app) {
                       "pin the request path (ZeroMQ I/O, RPC and scheduler threads) to this CPU; -1: no pinning "
                       "(default: the last CPU when there are two or more)")
       ->check(CLI::Range(-1, 4095));
-  command->add_option("--busy-poll-us", s.busy_poll_us, "spin this long for the next request before sleeping (0: never)")
+  command->add_option("--busy-poll-us", s.busy_poll_us,
+                      "spin this long for the next request before sleeping, while no generation runs (default 50; 0: "
+                      "never)")
       ->check(CLI::Range(0, 1000000));
   return {command, [options] { return serve(*options); }};
 }

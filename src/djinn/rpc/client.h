@@ -30,8 +30,9 @@ struct ClientOptions {
   double timeout_s = 120;  // a reply slower than this is an error
   // Busy-poll for a reply this long (microseconds, yielding the core between looks)
   // before sleeping in zmq_poll: saves the wake-up of the client thread when replies
-  // are quick, at the cost of a core. 0: never.
-  int busy_poll_us = 0;
+  // are quick, for at most that long of the calling thread's core per reply (see
+  // ServerOptions::busy_poll_us for what it saves). 0: never.
+  int busy_poll_us = 50;
   // Pin the client's ZeroMQ I/O thread to this CPU (-1: no pinning); with the calling
   // thread on the same CPU their hand-off is a switch on one core, not a wake-up of
   // another (see ServerOptions::pin_cpu).

@@ -128,12 +128,12 @@ std::string Server::describe() const {
   const nlohmann::json vmu = runtime_->vmu().stats_json();
   return fmt::format(
       "djinn serve: listening on {} | device {} | VMU {} (host swap pool {}) | arena {} | policy {} | lease {} s | "
-      "request path on {}",
+      "request path on {} | busy-poll {} us",
       fmt::join(endpoints_, ", "), device_name(runtime_->backend().device()), format_bytes(vmu["capacity"].get<size_t>()),
       format_bytes(vmu["host_pool"]["capacity"].get<size_t>()),
       runtime_->vmu().data().arena_bytes() ? format_bytes(runtime_->vmu().data().arena_bytes()) : "per model",
       options_.policy, options_.session_lease_s,
-      options_.pin_cpu >= 0 ? fmt::format("CPU {}", options_.pin_cpu) : std::string("any CPU"));
+      options_.pin_cpu >= 0 ? fmt::format("CPU {}", options_.pin_cpu) : std::string("any CPU"), options_.busy_poll_us);
 }
 
 // Note [Server threads]
@@ -151,7 +151,9 @@ std::string Server::describe() const {
 // 86-93 us with it and 71-77 us without (a bare ZeroMQ echo: 69-74 us), 1.79-1.95x the
 // plain-TCP floor against 1.38-1.67x. With --pin-cpu the I/O thread and the scheduler
 // share one core; a warm request then pays cross-core wake-ups only between client and
-// server, as the plain-socket floor does.
+// server, as the plain-socket floor does. Busy-polling (ServerOptions::busy_poll_us,
+// ClientOptions::busy_poll_us, 50 µs by default) takes the scheduler's and the client's
+// wake-ups off that path when replies and requests come quickly.
 //
 // Backpressure: the scheduler reads at most kRequestsPerPass requests between two looks
 // at decode steps and timers; the rest wait in ZeroMQ's queues (bounded by the ROUTER's
