@@ -172,6 +172,7 @@ TEST(CliBench, OsTaxFullForwardPairsEachServersColdCallWithItsWarmCalls) {
   EXPECT_EQ(row["op"], "full_forward");
   EXPECT_EQ(row["cold_us_samples"].size(), 2u);
   EXPECT_EQ(row["cold_minus_warm_paired_samples"].size(), 2u);
+  EXPECT_EQ(row["cold_minus_warm_outside_compute_samples"].size(), 2u);
   EXPECT_GT(row["cold_dispatch_us"].get<double>(), 0.0);
   EXPECT_GT(row["warm_dispatch_us_p50"].get<double>(), 0.0);
   EXPECT_FALSE(out["rows"][0].contains("cold_minus_warm_paired_us"));  // micro_add: no pairs

@@ -316,9 +316,10 @@ struct RowResult {
   std::vector<double> cold_samples;  // one per fresh server (see --cold-repeats)
   // full_forward: per server, its cold call minus its warm calls' median (a paired
   // difference: both under the same machine state, where a forward's own jitter on a
-  // small VM is milliseconds); and the server's dispatch time (plan lookup or build,
-  // binding) in the cold calls and the warm ones.
-  std::vector<double> cold_minus_warm_paired, cold_dispatch_us, warm_dispatch_us;
+  // small VM is milliseconds); the same outside the server's compute time (what a
+  // cold call adds besides the forward itself: upload, meta-simulation, plan); and the
+  // server's dispatch time (plan lookup or build, binding), cold and warm.
+  std::vector<double> cold_minus_warm_paired, cold_minus_warm_outside_compute, cold_dispatch_us, warm_dispatch_us;
 };
 
 // full_forward on `client`'s server: a fresh session of `model` runs `tokens`; returns
@@ -332,6 +333,32 @@ Result<double> remote_forward(Client& client, uint64_t model, const std::vector<
   DJINN_RETURN_IF_ERROR(r);
   *timing = r->timing;
   return us;
+}
+
+// On `client`'s server, whose first full_forward this is: the cold call, then
+// `warm_calls` more, recorded in `row` (cold sample, pairs, dispatch times, and warm
+// round trips and server times when `keep_warm`).
+Status cold_then_warm_forwards(Client& client, uint64_t model, const std::vector<int32_t>& tokens, int warm_calls,
+                               bool keep_warm, RowResult& row) {
+  rpc::StepTiming timing;
+  DJINN_ASSIGN_OR_RETURN(const double cold, remote_forward(client, model, tokens, &timing));
+  const double cold_outside = cold - timing.compute_us();
+  row.cold_samples.push_back(cold);
+  row.cold_dispatch_us.push_back(timing.dispatch_us());
+  std::vector<double> warm, warm_outside;
+  for (int i = 0; i < warm_calls; ++i) {
+    DJINN_ASSIGN_OR_RETURN(const double us, remote_forward(client, model, tokens, &timing));
+    warm.push_back(us);
+    warm_outside.push_back(us - timing.compute_us());
+    row.warm_dispatch_us.push_back(timing.dispatch_us());
+    if (keep_warm) {
+      row.warm_us.push_back(us);
+      row.server_us.push_back(timing.server_us());
+    }
+  }
+  row.cold_minus_warm_paired.push_back(cold - percentile(warm, 50));
+  row.cold_minus_warm_outside_compute.push_back(cold_outside - percentile(warm_outside, 50));
+  return {};
 }
 
 // The first remote call of a graph workload on a server that has never seen it.
@@ -411,17 +438,7 @@ Result<RowResult> measure_full_forward(Runtime& native, Client& client, int iter
   }
   const ScopedCpuPin pin(client_cpu);
   DJINN_ASSIGN_OR_RETURN(rpc::LoadModelReply loaded, client.load_model("gpt2"));
-  rpc::StepTiming timing;
-  DJINN_ASSIGN_OR_RETURN(row.cold_us, remote_forward(client, loaded.model_id(), tokens, &timing));
-  row.cold_samples.push_back(row.cold_us);
-  row.cold_dispatch_us.push_back(timing.dispatch_us());
-  for (int i = 0; i < iterations; ++i) {
-    DJINN_ASSIGN_OR_RETURN(double us, remote_forward(client, loaded.model_id(), tokens, &timing));
-    row.warm_us.push_back(us);
-    row.server_us.push_back(timing.server_us());
-    row.warm_dispatch_us.push_back(timing.dispatch_us());
-  }
-  row.cold_minus_warm_paired.push_back(row.cold_us - percentile(row.warm_us, 50));
+  DJINN_RETURN_IF_ERROR(cold_then_warm_forwards(client, loaded.model_id(), tokens, iterations, /*keep_warm=*/true, row));
   return row;
 }
 
@@ -521,17 +538,8 @@ Status bench_os_tax(const OsTaxOptions& options) {
       DJINN_ASSIGN_OR_RETURN(double layer_cold, cold_graph_call(*fresh_client, transformer_layer(512, 512, 8)));
       rows[1].cold_samples.push_back(layer_cold);
       DJINN_ASSIGN_OR_RETURN(rpc::LoadModelReply loaded, fresh_client->load_model("gpt2"));
-      const std::vector<int32_t> tokens = full_forward_tokens(128);
-      rpc::StepTiming timing;
-      DJINN_ASSIGN_OR_RETURN(double cold, remote_forward(*fresh_client, loaded.model_id(), tokens, &timing));
-      rows[2].cold_samples.push_back(cold);
-      rows[2].cold_dispatch_us.push_back(timing.dispatch_us());
-      std::vector<double> warm;  // the same server's next calls: the other half of the pair
-      for (int i = 0; i < 3; ++i) {
-        DJINN_ASSIGN_OR_RETURN(double us, remote_forward(*fresh_client, loaded.model_id(), tokens, &timing));
-        warm.push_back(us);
-      }
-      rows[2].cold_minus_warm_paired.push_back(cold - percentile(warm, 50));
+      DJINN_RETURN_IF_ERROR(cold_then_warm_forwards(*fresh_client, loaded.model_id(), full_forward_tokens(128),
+                                                    /*warm_calls=*/3, /*keep_warm=*/false, rows[2]));
     }
   }
   for (RowResult& r : rows) r.cold_us = percentile(r.cold_samples, 50);
@@ -577,6 +585,8 @@ Status bench_os_tax(const OsTaxOptions& options) {
     nlohmann::json& row = out["rows"].back();
     row["cold_minus_warm_paired_us"] = percentile(r.cold_minus_warm_paired, 50);
     row["cold_minus_warm_paired_samples"] = r.cold_minus_warm_paired;
+    row["cold_minus_warm_outside_compute_us"] = percentile(r.cold_minus_warm_outside_compute, 50);
+    row["cold_minus_warm_outside_compute_samples"] = r.cold_minus_warm_outside_compute;
     row["cold_dispatch_us"] = percentile(r.cold_dispatch_us, 50);
     row["warm_dispatch_us_p50"] = percentile(r.warm_dispatch_us, 50);
   }
@@ -596,11 +606,11 @@ Status bench_os_tax(const OsTaxOptions& options) {
                r["warm_us_p99"].get<double>(), r["overhead_us_p50"].get<double>(), r["overhead_over_floor"].get<double>());
   for (const nlohmann::json& r : out["rows"])
     if (r.contains("cold_minus_warm_paired_us"))
-      fmt::print("  {}: cold minus warm on the same server, median of {} servers: {:.1f} us; server dispatch cold {:.1f} "
-                 "us, warm {:.1f} us\n",
+      fmt::print("  {}: cold minus warm on the same server, median of {} servers: {:.1f} us ({:.1f} us outside the "
+                 "server's compute); server dispatch cold {:.1f} us, warm {:.1f} us\n",
                  r["op"].get<std::string>(), r["cold_minus_warm_paired_samples"].size(),
-                 r["cold_minus_warm_paired_us"].get<double>(), r["cold_dispatch_us"].get<double>(),
-                 r["warm_dispatch_us_p50"].get<double>());
+                 r["cold_minus_warm_paired_us"].get<double>(), r["cold_minus_warm_outside_compute_us"].get<double>(),
+                 r["cold_dispatch_us"].get<double>(), r["warm_dispatch_us_p50"].get<double>());
   return {};
 }
 
