@@ -299,7 +299,7 @@ TEST(QueuedSwapCopies, AStepRightAfterASwapInWaitsOnTheDeviceAndSeesTheKv) {
   const int32_t first = p.first;
   ASSERT_EQ((*queued->session(sb))->residency(), Residency::kSwapped);
   const auto issued = std::chrono::steady_clock::now();
-  ASSERT_TRUE(queued->swap_in(sb).ok());
+  ASSERT_TRUE(queued->swap_in(sb, SwapUse::kAhead).ok());
   // Issuing returned at once: the copy sleeps 60 ms before it starts.
   EXPECT_LT(std::chrono::steady_clock::now() - issued, std::chrono::milliseconds(30));
   EXPECT_EQ((*queued->session(sb))->residency(), Residency::kSwappingIn);
@@ -352,7 +352,7 @@ TEST(QueuedSwapCopies, AFailedSwapInCopyUndoesTheStepAndKeepsTheState) {
   const int64_t length = p.length;
 
   backend.fail_next_copy = true;
-  ASSERT_TRUE(queued->swap_in(sb).ok());
+  ASSERT_TRUE(queued->swap_in(sb, SwapUse::kAhead).ok());
   Result<ForwardResult> failed = queued->forward(sb, std::vector<int32_t>{first});
   ASSERT_FALSE(failed.ok());
   EXPECT_NE(failed.status().message().find("injected copy failure"), std::string::npos) << failed.status().to_string();

@@ -92,7 +92,7 @@ TEST(SwapManager, SessionRoundTripsKeepTheKvAndTheGeneration) {
     EXPECT_GE(runtime->vmu().host_pool().stats().used, s.kv_used_bytes());
     EXPECT_FALSE(s.forward(prompt_of(1, 0)).ok());  // no silent use of a swapped session
 
-    ASSERT_TRUE(runtime->swap_in(swapped).ok());
+    ASSERT_TRUE(runtime->swap_in(swapped, SwapUse::kAhead).ok());
     ASSERT_TRUE(runtime->settle(swapped).ok());
     EXPECT_EQ(s.residency(), Residency::kResident);
     EXPECT_EQ(checksum(s.kv_used_spans()), before);
@@ -157,12 +157,12 @@ TEST(SwapManager, SwapInWithoutAnArenaFailsAndKeepsTheState) {
     if (!s.ok()) break;
     others.push_back(*s);
   }
-  Result<SwapTicket> no_room = runtime->swap_in(a);
+  Result<SwapTicket> no_room = runtime->swap_in(a, SwapUse::kAhead);
   ASSERT_FALSE(no_room.ok());
   EXPECT_EQ(no_room.status().code(), StatusCode::kOutOfMemory);
   EXPECT_EQ((*runtime->session(a))->residency(), Residency::kSwapped);
   ASSERT_TRUE(runtime->close_session(others.back()).ok());
-  ASSERT_TRUE(runtime->swap_in(a).ok());
+  ASSERT_TRUE(runtime->swap_in(a, SwapUse::kAhead).ok());
   ASSERT_TRUE(runtime->settle(a).ok());
   EXPECT_EQ(checksum((*runtime->session(a))->kv_used_spans()), before);
 }

@@ -146,7 +146,7 @@ Result<nlohmann::json> decode_during_swaps(LoadedModel& loaded, std::span<const 
       }
     }
     if (want_swap && !in_flight) {
-      Result<SwapTicket> started = other_is_out ? runtime.swap_in(other) : runtime.swap_out(other);
+      Result<SwapTicket> started = other_is_out ? runtime.swap_in(other, SwapUse::kAhead) : runtime.swap_out(other);
       if (!started.ok()) {
         close_both();
         return started.status();

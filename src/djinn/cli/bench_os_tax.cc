@@ -335,6 +335,8 @@ Result<double> remote_forward(Client& client, uint64_t model, const std::vector<
   return us;
 }
 
+constexpr size_t kPairedWarmCalls = 3;
+
 // On `client`'s server, whose first full_forward this is: the cold call, then
 // `warm_calls` more, recorded in `row` (cold sample, pairs, dispatch times, and warm
 // round trips and server times when `keep_warm`).
@@ -356,8 +358,13 @@ Status cold_then_warm_forwards(Client& client, uint64_t model, const std::vector
       row.server_us.push_back(timing.server_us());
     }
   }
-  row.cold_minus_warm_paired.push_back(cold - percentile(warm, 50));
-  row.cold_minus_warm_outside_compute.push_back(cold_outside - percentile(warm_outside, 50));
+  // Every server's pair takes its first kPairedWarmCalls warm calls: the same count and
+  // history on each.
+  const size_t n = std::min(warm.size(), kPairedWarmCalls);
+  if (n == 0) return {};
+  row.cold_minus_warm_paired.push_back(cold - percentile({warm.begin(), warm.begin() + n}, 50));
+  row.cold_minus_warm_outside_compute.push_back(cold_outside -
+                                                percentile({warm_outside.begin(), warm_outside.begin() + n}, 50));
   return {};
 }
 
@@ -539,7 +546,7 @@ Status bench_os_tax(const OsTaxOptions& options) {
       rows[1].cold_samples.push_back(layer_cold);
       DJINN_ASSIGN_OR_RETURN(rpc::LoadModelReply loaded, fresh_client->load_model("gpt2"));
       DJINN_RETURN_IF_ERROR(cold_then_warm_forwards(*fresh_client, loaded.model_id(), full_forward_tokens(128),
-                                                    /*warm_calls=*/3, /*keep_warm=*/false, rows[2]));
+                                                    static_cast<int>(kPairedWarmCalls), /*keep_warm=*/false, rows[2]));
     }
   }
   for (RowResult& r : rows) r.cold_us = percentile(r.cold_samples, 50);

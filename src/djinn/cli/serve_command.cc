@@ -5,6 +5,7 @@
 #include <csignal>
 #include <cstdlib>
 #include <cstring>
+#include <limits>
 #include <malloc.h>
 
 #include "djinn/cli/commands.h"
@@ -30,16 +31,23 @@ struct ServeOptions {
 // never touched, and every first touch of a page is a page fault: on the 2-core VM a
 // gpt2 forward's 200 KB of logits alone took 0.7-1.0 ms more in a fresh server (~50
 // faults) than later, and a first full_forward 2.2 ms more outside its compute. So
-// the heap keeps what it has grown (no trimming, no mmap for blocks under 64 MiB) and
-// starts with kWarmHeapBytes touched once (about 0.1 s at start).
+// the heap keeps what it has grown (no trimming below 4 x kWarmHeapBytes, no mmap for
+// blocks under kWarmHeapBytes) and starts with a block just under kWarmHeapBytes
+// touched once (about 0.1 s at start). The settings are the process's, for every
+// thread's arena; the scheduler thread (this one) allocates from the main arena.
 constexpr size_t kWarmHeapBytes = size_t{64} << 20;
+static_assert(4 * kWarmHeapBytes <= static_cast<size_t>(std::numeric_limits<int>::max()), "mallopt takes an int");
 void warm_the_heap() {
-  ::mallopt(M_MMAP_THRESHOLD, static_cast<int>(kWarmHeapBytes));
-  ::mallopt(M_TRIM_THRESHOLD, static_cast<int>(4 * kWarmHeapBytes));
-  void* block = std::malloc(kWarmHeapBytes);
+  if (::mallopt(M_MMAP_THRESHOLD, static_cast<int>(kWarmHeapBytes)) != 1 ||
+      ::mallopt(M_TRIM_THRESHOLD, static_cast<int>(4 * kWarmHeapBytes)) != 1) {
+    spdlog::warn("djinn serve: malloc refused the warm-heap settings; first requests may page-fault");
+    return;
+  }
+  const size_t bytes = kWarmHeapBytes - (size_t{64} << 10);  // under the mmap threshold, header included
+  void* block = std::malloc(bytes);
   if (block == nullptr) return;
-  std::memset(block, 0, kWarmHeapBytes);
-  std::free(block);  // stays in the heap (below the trim threshold), its pages mapped
+  std::memset(block, 0, bytes);
+  std::free(block);  // stays in the heap (under the trim threshold), its pages mapped
 }
 
 Status serve(ServeOptions options) {
@@ -49,7 +57,7 @@ Status serve(ServeOptions options) {
   // anything, so here). CUDA's default loads a kernel on its first launch: measured on
   // an H100, a fresh server's first gpt2 forward of 128 tokens then took 6.6 ms more
   // than later ones, against 0.9 ms when loaded eagerly, which costs ~2.7 s at start.
-  // A CUDA_MODULE_LOADING already in the environment is kept.
+  // A CUDA_MODULE_LOADING already in the environment is kept, unless --lazy-kernels.
   if (options.server.runtime.device == DeviceKind::kCuda)
     ::setenv("CUDA_MODULE_LOADING", options.lazy_kernels ? "LAZY" : "EAGER", /*overwrite=*/options.lazy_kernels);
   spdlog::set_level(spdlog::level::info);

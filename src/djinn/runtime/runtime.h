@@ -69,7 +69,7 @@ class Runtime {
   // swap_in's `use`: kAhead for a swap-in ahead of the session's next step (the
   // policy's), kStepFollows when that step is issued right after.
   Result<SwapTicket> swap_out(SessionId session);
-  Result<SwapTicket> swap_in(SessionId session, SwapUse use = SwapUse::kAhead);
+  Result<SwapTicket> swap_in(SessionId session, SwapUse use);
   Status settle(SessionId session);
   SwapManager& swap_manager() { return *swap_; }
 

@@ -25,7 +25,7 @@ void SwapTicket::finish(const Status& copied) const {
 
 bool SwapTicket::done() const {
   if (state_ == nullptr) return false;
-  if (state_->inline_result) return true;  // counted when it ran
+  if (state_->inline_result) return true;  // finished (counted when it ran, if it succeeded)
   const bool finished = state_->device != nullptr
                             ? state_->device->done()
                             : state_->host.wait_for(std::chrono::seconds(0)) == std::future_status::ready;

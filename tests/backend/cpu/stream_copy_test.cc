@@ -36,7 +36,8 @@ TEST(StreamCopy, CopiesEveryByteAtEveryAlignmentAndTouchesNothingElse) {
 // move the same bytes through CpuBackend::copy; so does the compute queue.
 TEST(StreamCopy, BackendSwapCopiesAboveAndBelowTheThresholdMoveEveryByte) {
   CpuBackend backend;
-  const size_t threshold = cpu::stream_copy_min_bytes();
+  // (At least 64 KiB either way: the threshold may be set to 0 by the environment.)
+  const size_t threshold = std::max<size_t>(cpu::stream_copy_min_bytes(), size_t{64} << 10);
   for (size_t total : {threshold / 2 + 1, threshold + 4096 + 7}) {
     std::vector<std::byte> src(total), dst(total, std::byte{0});
     std::mt19937 rng(static_cast<uint32_t>(total));

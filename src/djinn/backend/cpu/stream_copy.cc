@@ -1,12 +1,10 @@
 #include "djinn/backend/cpu/stream_copy.h"
 
-#include <unistd.h>
-
 #include <algorithm>
-
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <fstream>
 
 #if defined(__x86_64__)
 #include <immintrin.h>
@@ -41,12 +39,31 @@ void stream_copy(void* dst, const void* src, size_t bytes) {
 #endif
 }
 
+namespace {
+
+// The last-level cache one core shares, bytes, as the kernel describes it (sysfs:
+// "32768K"); 0 when unknown. (sysconf's figure can be the whole socket's, or a VM's
+// invention: 384 MiB on a 2-core VM whose sysfs says 32 MiB.)
+size_t last_level_cache_bytes() {
+  std::ifstream size_file("/sys/devices/system/cpu/cpu0/cache/index3/size");
+  size_t value = 0;
+  char unit = 0;
+  if (!(size_file >> value)) return 0;
+  size_file >> unit;
+  return unit == 'K' ? value << 10 : unit == 'M' ? value << 20 : value;
+}
+
+}  // namespace
+
 size_t stream_copy_min_bytes() {
   static const size_t min_bytes = [] {
-    if (const char* env = std::getenv("DJINN_CPU_STREAM_COPY_MIN_MB"); env != nullptr)
-      return static_cast<size_t>(std::strtoull(env, nullptr, 10)) << 20;
-    const long llc = sysconf(_SC_LEVEL3_CACHE_SIZE);
-    return llc > 0 ? static_cast<size_t>(llc) / 2 : size_t{16} << 20;
+    if (const char* env = std::getenv("DJINN_CPU_STREAM_COPY_MIN_MB"); env != nullptr) {
+      char* end = nullptr;
+      const unsigned long long mb = std::strtoull(env, &end, 10);
+      if (end != env && *end == '\0') return static_cast<size_t>(mb) << 20;  // else: not a number, ignored
+    }
+    const size_t llc = last_level_cache_bytes();
+    return llc > 0 ? llc / 2 : size_t{16} << 20;
   }();
   return min_bytes;
 }

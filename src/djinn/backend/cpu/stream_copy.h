@@ -18,8 +18,9 @@ namespace djinn::cpu {
 void stream_copy(void* dst, const void* src, size_t bytes);
 
 // The total size from which a batch of swap copies goes by stream_copy: half the
-// last-level cache (sysconf), 16 MiB when unknown; DJINN_CPU_STREAM_COPY_MIN_MB
-// overrides it (0: always). Smaller copies stay in the cache, where memcpy is faster.
+// last-level cache one core shares (sysfs), 16 MiB when unknown;
+// DJINN_CPU_STREAM_COPY_MIN_MB overrides it (0: always). Smaller copies stay in the
+// cache, where memcpy is faster.
 size_t stream_copy_min_bytes();
 
 }  // namespace djinn::cpu

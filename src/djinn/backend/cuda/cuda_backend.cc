@@ -397,7 +397,7 @@ Result<std::shared_ptr<QueueEvent>> CudaBackend::copy_async(std::span<const Copy
   size_t total = 0;
   for (const CopyRegion& r : regions) total += r.bytes;
   bool& swaps_pending = async_swaps_pending_[queue == CopyQueue::kSwapOut ? 0 : 1];
-  if (swaps_pending && total <= kWaitedSwapBytes) {
+  if (use == SwapUse::kAhead && swaps_pending && total <= kWaitedSwapBytes) {
     const cudaError_t queued = cudaStreamQuery(stream);
     if (queued != cudaSuccess && queued != cudaErrorNotReady) (void)cudaGetLastError();  // the async path reports it
     swaps_pending = queued != cudaSuccess;
@@ -416,6 +416,7 @@ Result<std::shared_ptr<QueueEvent>> CudaBackend::copy_async(std::span<const Copy
     event_pool_->give(end, false);
     DJINN_RETURN_IF_ERROR(copied);
     const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - issued).count();
+    ++swaps_waited_;
     return std::shared_ptr<QueueEvent>(std::make_shared<FinishedCopy>(seconds));
   }
   DJINN_ASSIGN_OR_RETURN(cudaEvent_t start, event_pool_->take(true));

@@ -91,6 +91,9 @@ class CudaBackend final : public Backend {
   // Bytes of the backend's own workspace and narrowing buffer (see above), excluding
   // the cuBLAS workspace.
   size_t workspace_bytes() const { return workspace_size_ + narrowed_size_; }
+  // Swaps copy_async waited for as it issued them (Note [Waited small swaps]); read
+  // from copy_async's thread.
+  uint64_t swaps_waited() const { return swaps_waited_; }
 
  private:
   CudaBackend() = default;
@@ -113,6 +116,7 @@ class CudaBackend final : public Backend {
   // Per swap queue (out, in): an asynchronous swap was issued there and may still run.
   // Touched only by copy_async's one thread (the executor's, see backend.h).
   bool async_swaps_pending_[2] = {false, false};
+  uint64_t swaps_waited_ = 0;  // see swaps_waited()
   // Whether a swap's regions go by copy_spans (SM threads) rather than the copy engines:
   // at most span_copy_max_bytes_ in all, 16-byte aligned, the host side mapped memory.
   bool span_copy_fits(std::span<const CopyRegion> regions, CopyQueue queue) const;
