@@ -220,7 +220,11 @@ Command add_bench_command(CLI::App& app) {
   os_tax_cmd->add_option("--cold-repeats", os_tax->cold_repeats,
                          "fresh servers timing a first call each; cold_us is their median (default 9)")
       ->check(CLI::Range(1, 100));
-  os_tax_cmd->add_option("--busy-poll-us", os_tax->busy_poll_us, "server and client busy-poll window (default 50, theirs; 0: block at once)")
+  os_tax_cmd->add_option("--busy-poll-us", os_tax->busy_poll_us,
+                         "the server's busy-poll window, us (default 50, as djinn serve's; 0: block at once)")
+      ->check(CLI::Range(0, 1000000));
+  os_tax_cmd->add_option("--client-busy-poll-us", os_tax->client_busy_poll_us,
+                         "the client's busy-poll window, us (default 250, as the client library's; 0: block at once)")
       ->check(CLI::Range(0, 1000000));
   os_tax_cmd->add_flag("--json", os_tax->json, "print JSON");
   auto echo = std::make_shared<ZmqEchoOptions>();

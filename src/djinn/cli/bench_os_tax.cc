@@ -499,7 +499,7 @@ Status bench_os_tax(const OsTaxOptions& options) {
   ClientOptions client_options;
   client_options.name = "djinn bench os-tax";
   client_options.timeout_s = 60;
-  client_options.busy_poll_us = options.busy_poll_us;
+  client_options.busy_poll_us = options.client_busy_poll_us;
   client_options.io_cpu = client_cpu;
   DJINN_ASSIGN_OR_RETURN(std::unique_ptr<Client> client, Client::connect(address, client_options));
   RuntimeOptions runtime_options;
@@ -560,6 +560,7 @@ Status bench_os_tax(const OsTaxOptions& options) {
                         {"device", options.device},
                         {"transport", options.transport},
                         {"busy_poll_us", options.busy_poll_us},
+                        {"client_busy_poll_us", options.client_busy_poll_us},
                         {"hello_us_p50", percentile(hello_us, 50)},
                         {"floor_us_p50", floor_p50},
                         {"floor_us_p99", percentile(floor, 99)},
@@ -601,9 +602,10 @@ Status bench_os_tax(const OsTaxOptions& options) {
     std::cout << out.dump(2) << '\n';
     return {};
   }
-  fmt::print("bench os-tax over {} ({}), busy-poll {} us: floor (64-byte ping-pong) p50 {:.1f} us, bare ZeroMQ echo "
-             "p50 {:.1f} us ({:.2f} x floor), Hello round trip p50 {:.1f} us\n",
-             options.transport, machine_info().cpu_model, options.busy_poll_us, floor_p50, percentile(zmq_echo_us, 50),
+  fmt::print("bench os-tax over {} ({}), busy-poll {} / {} us (server / client): floor (64-byte ping-pong) p50 {:.1f} "
+             "us, bare ZeroMQ echo p50 {:.1f} us ({:.2f} x floor), Hello round trip p50 {:.1f} us\n",
+             options.transport, machine_info().cpu_model, options.busy_poll_us, options.client_busy_poll_us, floor_p50,
+             percentile(zmq_echo_us, 50),
              floor_p50 > 0 ? percentile(zmq_echo_us, 50) / floor_p50 : 0.0, percentile(hello_us, 50));
   fmt::print("  {:<13} {:>12} {:>12} {:>12} {:>12} {:>12} {:>9}\n", "op", "native p50", "cold", "warm p50", "warm p99",
              "overhead", "x floor");

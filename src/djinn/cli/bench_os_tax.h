@@ -13,7 +13,8 @@ struct OsTaxOptions {
   int small_iterations = 2000;    // micro_add and the floor
   int large_iterations = 10;      // layer and full_forward
   bool quick = false;             // micro_add only
-  int busy_poll_us = 50;          // server and client busy-poll window, as their defaults (0: block at once)
+  int busy_poll_us = 50;          // the server's busy-poll window, as `djinn serve`'s default (0: block at once)
+  int client_busy_poll_us = 250;  // the client's, as ClientOptions' default (0: block at once)
   int cold_repeats = 9;           // fresh servers giving a cold sample each (median reported)
   int pin_cpu = -1;               // the server's --pin-cpu
   bool json = false;
