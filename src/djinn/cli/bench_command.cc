@@ -218,7 +218,7 @@ Command add_bench_command(CLI::App& app) {
                          "(default: the last CPU when there are two or more; -1: no pinning)")
       ->check(CLI::Range(-1, 4095));
   os_tax_cmd->add_option("--cold-repeats", os_tax->cold_repeats,
-                         "fresh servers timing a first call each; cold_us is their median (default 9)")
+                         "fresh servers timing a first call each; cold_us is their median (default 25)")
       ->check(CLI::Range(1, 100));
   os_tax_cmd->add_option("--busy-poll-us", os_tax->busy_poll_us,
                          "the server's busy-poll window, us (default 50, as djinn serve's; 0: block at once)")

@@ -15,7 +15,7 @@ struct OsTaxOptions {
   bool quick = false;             // micro_add only
   int busy_poll_us = 50;          // the server's busy-poll window, as `djinn serve`'s default (0: block at once)
   int client_busy_poll_us = 250;  // the client's, as ClientOptions' default (0: block at once)
-  int cold_repeats = 9;           // fresh servers giving a cold sample each (median reported)
+  int cold_repeats = 25;          // fresh servers giving a cold sample each (median reported)
   int pin_cpu = -1;               // the server's --pin-cpu
   bool json = false;
 };
