@@ -131,6 +131,13 @@ Graph add_graph() {
   return g;
 }
 
+// add_graph's first run through `remote` (the upload), on one row of zeros.
+Status first_run(RemoteGraph& remote) {
+  std::vector<float> zero(4, 0.0f);
+  const TensorView io = TensorView::contiguous(zero.data(), {1, 4}, DType::kF32);
+  return remote.run(std::span(&io, 1), {.seq = 1, .past = 0}).status();
+}
+
 // Whether `out` is a[rows, 4] + b (exactly: one f32 add per element).
 ::testing::AssertionResult is_sum(const std::vector<HostTensor>& out, const std::vector<float>& a, const float (&b)[4]) {
   if (out.size() != 1) return ::testing::AssertionFailure() << out.size() << " outputs";
@@ -959,9 +966,7 @@ TEST(Rpc, ManyRequestsInFlightOnOneClient) {
   const Graph graph = add_graph();
   const float b[4] = {10, 20, 30, 40};
   RemoteGraph remote(*client, graph, {TensorView::contiguous(const_cast<float*>(b), {4}, DType::kF32)});
-  std::vector<float> zero(4, 0.0f);
-  const TensorView zero_io = TensorView::contiguous(zero.data(), {1, 4}, DType::kF32);
-  ASSERT_TRUE(remote.run(std::span(&zero_io, 1), {.seq = 1, .past = 0}).ok());
+  ASSERT_TRUE(first_run(remote).ok());
 
   constexpr int kInFlight = 20;
   std::vector<std::vector<float>> inputs(kInFlight);
@@ -1014,9 +1019,7 @@ TEST(Rpc, ThousandsInFlightAreAllAnsweredNoneDropped) {
   const Graph graph = add_graph();
   const float b[4] = {1, 2, 3, 4};
   RemoteGraph remote(*client, graph, {TensorView::contiguous(const_cast<float*>(b), {4}, DType::kF32)});
-  std::vector<float> zero(4, 0.0f);
-  const TensorView zero_io = TensorView::contiguous(zero.data(), {1, 4}, DType::kF32);
-  ASSERT_TRUE(remote.run(std::span(&zero_io, 1), {.seq = 1, .past = 0}).ok());
+  ASSERT_TRUE(first_run(remote).ok());
   constexpr int kInFlight = 3000;
   std::vector<float> input = {0.25f, -1.0f, 8.0f, 3.0f};
   const TensorView io = TensorView::contiguous(input.data(), {1, 4}, DType::kF32);

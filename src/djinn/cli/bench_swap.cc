@@ -117,34 +117,28 @@ Status bench_swap(const SwapBenchOptions& options) {
       auto keep_error = [&](Status s) {
         if (failed.ok() && !s.ok()) failed = std::move(s);
       };
-      // Also how long the call that starts a swap takes: host work before the copy runs.
-      double t_out = 0, t_in = 0, t_in_step = 0, t_both = 0, t_raw_out = 0, t_raw_in = 0, t_raw_both = 0;
-      double c_out = 0, c_in = 0, issue_out = 0, issue_in = 0;
-      auto swap_out = [&] {
+      double t_both = 0, t_raw_out = 0, t_raw_in = 0, t_raw_both = 0;
+      // One swap of session a, timed: its wall time, the call that starts it (host work
+      // before the copy runs) and its copy time as SwapStats counts it.
+      struct SwapTimes {
+        double wall = 0, issue = 0, copy = 0;
+      } t_out, t_in, t_in_step;
+      auto timed_swap = [&](bool out_of_arena, SwapUse use, SwapTimes& t) {
         const SwapStats before = swap.stats();
-        t_out = seconds_of([&] {
+        t.wall = seconds_of([&] {
           const auto start = Clock::now();
-          SwapTicket ticket = swap.gather(a.spans, slice_a);
-          issue_out = std::chrono::duration<double>(Clock::now() - start).count();
+          SwapTicket ticket = out_of_arena ? swap.gather(a.spans, slice_a) : swap.scatter(slice_a, a.spans, use);
+          t.issue = std::chrono::duration<double>(Clock::now() - start).count();
           keep_error(ticket.wait());
         });
-        c_out = swap.stats().seconds_out - before.seconds_out;
+        const SwapStats after = swap.stats();
+        t.copy = out_of_arena ? after.seconds_out - before.seconds_out : after.seconds_in - before.seconds_in;
       };
-      auto swap_in = [&] {
-        const SwapStats before = swap.stats();
-        t_in = seconds_of([&] {
-          const auto start = Clock::now();
-          SwapTicket ticket = swap.scatter(slice_a, a.spans, SwapUse::kAhead);
-          issue_in = std::chrono::duration<double>(Clock::now() - start).count();
-          keep_error(ticket.wait());
-        });
-        c_in = swap.stats().seconds_in - before.seconds_in;
-      };
+      auto swap_out = [&] { timed_swap(true, SwapUse::kAhead, t_out); };
+      auto swap_in = [&] { timed_swap(false, SwapUse::kAhead, t_in); };
       // A swap-in that a step follows (SwapUse::kStepFollows): never waited for as it is
       // issued, so on CUDA timed by events even when small.
-      auto swap_in_step = [&] {
-        t_in_step = seconds_of([&] { keep_error(swap.scatter(slice_a, a.spans, SwapUse::kStepFollows).wait()); });
-      };
+      auto swap_in_step = [&] { timed_swap(false, SwapUse::kStepFollows, t_in_step); };
       auto swap_both = [&] {
         t_both = seconds_of([&] {
           SwapTicket t1 = swap.gather(a.spans, slice_a);
@@ -182,13 +176,13 @@ Status bench_swap(const SwapBenchOptions& options) {
       keep_error(other_failed);
       DJINN_RETURN_IF_ERROR(failed);
       if (!keep) continue;
-      out.push_back(t_out);
-      out_issue.push_back(issue_out);
-      in_issue.push_back(issue_in);
-      out_copy.push_back(c_out);
-      in.push_back(t_in);
-      in_step.push_back(t_in_step);
-      in_copy.push_back(c_in);
+      out.push_back(t_out.wall);
+      out_issue.push_back(t_out.issue);
+      out_copy.push_back(t_out.copy);
+      in.push_back(t_in.wall);
+      in_issue.push_back(t_in.issue);
+      in_copy.push_back(t_in.copy);
+      in_step.push_back(t_in_step.wall);
       both.push_back(t_both);
       raw_out.push_back(t_raw_out);
       raw_in.push_back(t_raw_in);
