@@ -200,6 +200,10 @@ TEST(ServerAdmission, ANewSessionWaitsForAnArenaThenFailsWithOutOfMemory) {
     if (waited.ok()) (void)waited->close();
   });
   std::this_thread::sleep_for(150ms);
+  nlohmann::json states = (*client->stats())["session_states"];
+  EXPECT_EQ(states["ADMITTING"], 1) << states.dump();
+  EXPECT_EQ(states["RESIDENT"], 3) << states.dump();
+  EXPECT_EQ(states["CLOSED"], 0) << states.dump();
   ASSERT_TRUE(open.back().close().ok());
   open.pop_back();
   waiter.join();
@@ -218,6 +222,10 @@ TEST(ServerAdmission, ANewSessionWaitsForAnArenaThenFailsWithOutOfMemory) {
   const nlohmann::json stats = *client->stats();
   EXPECT_EQ(stats["counters"]["errors"]["admission_timeout"], 1);
   EXPECT_EQ(stats["counters"]["admissions_waiting"], 0);
+  states = stats["session_states"];
+  EXPECT_EQ(states["ADMITTING"], 0) << states.dump();
+  EXPECT_EQ(states["RESIDENT"], 3) << states.dump();
+  EXPECT_EQ(states["CLOSED"], 2) << states.dump();  // one closed to let the waiter in, then the waiter's
   server->stop();
   serving.join();
 }

@@ -916,9 +916,15 @@ Status Server::on_heartbeat(const Request& request, Outgoing& out) {
 nlohmann::json Server::stats_json() const {
   nlohmann::json stats = runtime_->stats_json();
   nlohmann::json sessions = nlohmann::json::array();
+  // Sessions by state along ADMITTING -> RESIDENT <-> SWAPPING_OUT -> SWAPPED <->
+  // SWAPPING_IN -> RESIDENT -> CLOSED: those waiting for an arena (no id yet), the open
+  // ones by where their KV cache is, and those closed so far (by the client or a lease).
+  std::map<std::string, size_t> states{{"ADMITTING", admissions_.size()}, {"RESIDENT", 0},   {"SWAPPING_OUT", 0},
+                                       {"SWAPPED", 0},                    {"SWAPPING_IN", 0}, {"CLOSED", counters_.sessions_closed}};
   const auto now = Clock::now();
   for (const auto& [id, record] : sessions_) {
     const InferenceSession* s = *runtime_->session(id);
+    ++states[residency_name(s->residency())];
     sessions.push_back({{"id", id},
                         {"model", record.model},
                         {"length", s->length()},
@@ -930,6 +936,7 @@ nlohmann::json Server::stats_json() const {
                         {"lease_remaining_s", std::chrono::duration<double>(record.lease_deadline - now).count()}});
   }
   stats["sessions"] = sessions;
+  stats["session_states"] = states;
   auto summary = [](const std::deque<double>& samples) {
     std::vector<double> sorted(samples.begin(), samples.end());
     std::sort(sorted.begin(), sorted.end());
