@@ -161,8 +161,9 @@ TEST(CliBench, OsTaxQuickPrintsEveryReferenceOnBothTransports) {
 }
 
 // The full run's full_forward row pairs each server's cold call with the same server's
-// warm calls (one pair per server) and carries the server's dispatch times.
-TEST(CliBench, OsTaxFullForwardPairsEachServersColdCallWithItsWarmCalls) {
+// warm calls (one pair per server), splits each pair into its parts, and carries the
+// server's dispatch times.
+TEST(CliBench, OsTaxFullForwardPairsEachServersColdCallWithItsWarmCallsInParts) {
   const CommandResult r =
       run_djinn("bench os-tax --iterations 10 --large-iterations 2 --cold-repeats 2 --json --listen tcp");
   ASSERT_EQ(r.exit_code, 0) << r.err;
@@ -173,6 +174,17 @@ TEST(CliBench, OsTaxFullForwardPairsEachServersColdCallWithItsWarmCalls) {
   EXPECT_EQ(row["cold_us_samples"].size(), 2u);
   EXPECT_EQ(row["cold_minus_warm_paired_samples"].size(), 2u);
   EXPECT_EQ(row["cold_minus_warm_outside_compute_samples"].size(), 2u);
+  // Per server, the parts (compute, the server's time outside it, the wire) add up to
+  // the whole difference, and the outside parts to the outside-compute one.
+  const nlohmann::json& parts = row["cold_minus_warm_parts_samples"];
+  for (size_t i = 0; i < 2; ++i) {
+    const double compute = parts["compute"][i], server = parts["server_outside_compute"][i], wire = parts["wire"][i];
+    EXPECT_NEAR(compute + server + wire, row["cold_minus_warm_paired_samples"][i].get<double>(), 1e-6);
+    EXPECT_NEAR(server + wire, row["cold_minus_warm_outside_compute_samples"][i].get<double>(), 1e-6);
+  }
+  // The median's confidence interval brackets it.
+  EXPECT_LE(row["cold_minus_warm_paired_ci95_us"][0].get<double>(), row["cold_minus_warm_paired_us"].get<double>());
+  EXPECT_GE(row["cold_minus_warm_paired_ci95_us"][1].get<double>(), row["cold_minus_warm_paired_us"].get<double>());
   EXPECT_GT(row["cold_dispatch_us"].get<double>(), 0.0);
   EXPECT_GT(row["warm_dispatch_us_p50"].get<double>(), 0.0);
   EXPECT_FALSE(out["rows"][0].contains("cold_minus_warm_paired_us"));  // micro_add: no pairs

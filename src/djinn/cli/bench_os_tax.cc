@@ -27,6 +27,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <iostream>
 #include <random>
@@ -314,57 +315,74 @@ struct RowResult {
   std::vector<double> native_us, warm_us, server_us;
   double cold_us = 0;
   std::vector<double> cold_samples;  // one per fresh server (see --cold-repeats)
-  // full_forward: per server, its cold call minus its warm calls' median (a paired
+  // full_forward: per server, its cold call minus its median warm call (a paired
   // difference: both under the same machine state, where a forward's own jitter on a
-  // small VM is milliseconds); the same outside the server's compute time (what a
-  // cold call adds besides the forward itself: upload, meta-simulation, plan); and the
-  // server's dispatch time (plan lookup or build, binding), cold and warm.
-  std::vector<double> cold_minus_warm_paired, cold_minus_warm_outside_compute, cold_dispatch_us, warm_dispatch_us;
+  // small VM is milliseconds), whole and in its parts (ForwardParts), and the server's
+  // dispatch time (plan lookup or build, binding), cold and warm.
+  std::vector<double> cold_minus_warm_paired, cold_minus_warm_outside_compute, cold_minus_warm_compute,
+      cold_minus_warm_server_outside_compute, cold_minus_warm_wire, cold_dispatch_us, warm_dispatch_us;
 };
 
-// full_forward on `client`'s server: a fresh session of `model` runs `tokens`; returns
-// the round trip, µs, and the server's timing.
-Result<double> remote_forward(Client& client, uint64_t model, const std::vector<int32_t>& tokens, rpc::StepTiming* timing) {
+// One remote full_forward, µs, in parts that add up to the round trip.
+struct ForwardParts {
+  double round_trip = 0;
+  double compute = 0;                 // the server's kernels (StepTiming::compute_us)
+  double server_outside_compute = 0;  // the rest of the server's time: decode, dispatch, reply
+  double wire = 0;                    // round trip minus server time: transport and client
+  double outside_compute() const { return server_outside_compute + wire; }
+};
+
+// full_forward on `client`'s server: a fresh session of `model` runs `tokens`.
+Result<ForwardParts> remote_forward(Client& client, uint64_t model, const std::vector<int32_t>& tokens,
+                                    double* dispatch_us) {
   DJINN_ASSIGN_OR_RETURN(RemoteSession s, client.open_session(model, static_cast<int64_t>(tokens.size())));
   const auto start = Clock::now();
   Result<RemoteForwardResult> r = s.forward(tokens);
   const double us = us_since(start);
   DJINN_RETURN_IF_ERROR(s.close());
   DJINN_RETURN_IF_ERROR(r);
-  *timing = r->timing;
-  return us;
+  const rpc::StepTiming& t = r->timing;
+  *dispatch_us = t.dispatch_us();
+  return ForwardParts{.round_trip = us,
+                      .compute = t.compute_us(),
+                      .server_outside_compute = t.server_us() - t.compute_us(),
+                      .wire = us - t.server_us()};
 }
 
 constexpr size_t kPairedWarmCalls = 3;
 
 // On `client`'s server, whose first full_forward this is: the cold call, then
-// `warm_calls` more, recorded in `row` (cold sample, pairs, dispatch times, and warm
-// round trips and server times when `keep_warm`).
+// `warm_calls` more, recorded in `row` (cold sample, paired differences, dispatch
+// times, and warm round trips and server times when `keep_warm`).
 Status cold_then_warm_forwards(Client& client, uint64_t model, const std::vector<int32_t>& tokens, int warm_calls,
                                bool keep_warm, RowResult& row) {
-  rpc::StepTiming timing;
-  DJINN_ASSIGN_OR_RETURN(const double cold, remote_forward(client, model, tokens, &timing));
-  const double cold_outside = cold - timing.compute_us();
-  row.cold_samples.push_back(cold);
-  row.cold_dispatch_us.push_back(timing.dispatch_us());
-  std::vector<double> warm, warm_outside;
+  double dispatch_us = 0;
+  DJINN_ASSIGN_OR_RETURN(const ForwardParts cold, remote_forward(client, model, tokens, &dispatch_us));
+  row.cold_samples.push_back(cold.round_trip);
+  row.cold_dispatch_us.push_back(dispatch_us);
+  std::vector<ForwardParts> warm;
   for (int i = 0; i < warm_calls; ++i) {
-    DJINN_ASSIGN_OR_RETURN(const double us, remote_forward(client, model, tokens, &timing));
-    warm.push_back(us);
-    warm_outside.push_back(us - timing.compute_us());
-    row.warm_dispatch_us.push_back(timing.dispatch_us());
+    DJINN_ASSIGN_OR_RETURN(const ForwardParts w, remote_forward(client, model, tokens, &dispatch_us));
+    warm.push_back(w);
+    row.warm_dispatch_us.push_back(dispatch_us);
     if (keep_warm) {
-      row.warm_us.push_back(us);
-      row.server_us.push_back(timing.server_us());
+      row.warm_us.push_back(w.round_trip);
+      row.server_us.push_back(w.compute + w.server_outside_compute);
     }
   }
-  // Every server's pair takes its first kPairedWarmCalls warm calls: the same count and
-  // history on each.
+  // Every server's pair takes the median (by round trip) of its first kPairedWarmCalls
+  // warm calls: the same count and history on each; the parts of one call, so they add
+  // up to the whole.
   const size_t n = std::min(warm.size(), kPairedWarmCalls);
   if (n == 0) return {};
-  row.cold_minus_warm_paired.push_back(cold - percentile({warm.begin(), warm.begin() + n}, 50));
-  row.cold_minus_warm_outside_compute.push_back(cold_outside -
-                                                percentile({warm_outside.begin(), warm_outside.begin() + n}, 50));
+  std::sort(warm.begin(), warm.begin() + static_cast<std::ptrdiff_t>(n),
+            [](const ForwardParts& a, const ForwardParts& b) { return a.round_trip < b.round_trip; });
+  const ForwardParts& typical = warm[n / 2];
+  row.cold_minus_warm_paired.push_back(cold.round_trip - typical.round_trip);
+  row.cold_minus_warm_outside_compute.push_back(cold.outside_compute() - typical.outside_compute());
+  row.cold_minus_warm_compute.push_back(cold.compute - typical.compute);
+  row.cold_minus_warm_server_outside_compute.push_back(cold.server_outside_compute - typical.server_outside_compute);
+  row.cold_minus_warm_wire.push_back(cold.wire - typical.wire);
   return {};
 }
 
@@ -593,8 +611,14 @@ Status bench_os_tax(const OsTaxOptions& options) {
     nlohmann::json& row = out["rows"].back();
     row["cold_minus_warm_paired_us"] = percentile(r.cold_minus_warm_paired, 50);
     row["cold_minus_warm_paired_samples"] = r.cold_minus_warm_paired;
+    const auto [ci_low, ci_high] = median_ci95(r.cold_minus_warm_paired);
+    row["cold_minus_warm_paired_ci95_us"] = {ci_low, ci_high};
     row["cold_minus_warm_outside_compute_us"] = percentile(r.cold_minus_warm_outside_compute, 50);
     row["cold_minus_warm_outside_compute_samples"] = r.cold_minus_warm_outside_compute;
+    // The parts, per server: compute + server outside compute + wire = the whole.
+    row["cold_minus_warm_parts_samples"] = {{"compute", r.cold_minus_warm_compute},
+                                            {"server_outside_compute", r.cold_minus_warm_server_outside_compute},
+                                            {"wire", r.cold_minus_warm_wire}};
     row["cold_dispatch_us"] = percentile(r.cold_dispatch_us, 50);
     row["warm_dispatch_us_p50"] = percentile(r.warm_dispatch_us, 50);
   }
@@ -615,11 +639,13 @@ Status bench_os_tax(const OsTaxOptions& options) {
                r["warm_us_p99"].get<double>(), r["overhead_us_p50"].get<double>(), r["overhead_over_floor"].get<double>());
   for (const nlohmann::json& r : out["rows"])
     if (r.contains("cold_minus_warm_paired_us"))
-      fmt::print("  {}: cold minus warm on the same server, median of {} servers: {:.1f} us ({:.1f} us outside the "
-                 "server's compute); server dispatch cold {:.1f} us, warm {:.1f} us\n",
+      fmt::print("  {}: cold minus warm on the same server, median of {} servers: {:.1f} us (95 % CI {:.1f} .. {:.1f}; "
+                 "{:.1f} us outside the server's compute); server dispatch cold {:.1f} us, warm {:.1f} us\n",
                  r["op"].get<std::string>(), r["cold_minus_warm_paired_samples"].size(),
-                 r["cold_minus_warm_paired_us"].get<double>(), r["cold_minus_warm_outside_compute_us"].get<double>(),
-                 r["cold_dispatch_us"].get<double>(), r["warm_dispatch_us_p50"].get<double>());
+                 r["cold_minus_warm_paired_us"].get<double>(), r["cold_minus_warm_paired_ci95_us"][0].get<double>(),
+                 r["cold_minus_warm_paired_ci95_us"][1].get<double>(),
+                 r["cold_minus_warm_outside_compute_us"].get<double>(), r["cold_dispatch_us"].get<double>(),
+                 r["warm_dispatch_us_p50"].get<double>());
   return {};
 }
 

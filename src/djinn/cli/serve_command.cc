@@ -8,6 +8,7 @@
 #include <limits>
 #include <malloc.h>
 
+#include "djinn/backend/cpu/compute_pool.h"
 #include "djinn/cli/commands.h"
 #include "djinn/core/cpu_affinity.h"
 #include "djinn/rpc/server.h"
@@ -62,6 +63,8 @@ Status serve(ServeOptions options) {
     ::setenv("CUDA_MODULE_LOADING", options.lazy_kernels ? "LAZY" : "EAGER", /*overwrite=*/options.lazy_kernels);
   spdlog::set_level(spdlog::level::info);
   DJINN_ASSIGN_OR_RETURN(std::unique_ptr<rpc::Server> server, rpc::Server::create(options.server));
+  // The CPU backend's GEMM buffers, touched now rather than by the first requests.
+  if (options.server.runtime.device == DeviceKind::kCpu) cpu::ComputePool::instance().warm_gemm_buffers();
   g_serving.store(server.get());
   struct sigaction action {};
   action.sa_handler = on_signal;

@@ -31,6 +31,11 @@ class ComputePool {
   ComputePool(const ComputePool&) = delete;
   ComputePool& operator=(const ComputePool&) = delete;
 
+  // One 1024 x 1024 x 1024 GEMM on every thread (~45 ms on a 2-core EPYC VM), so that
+  // each thread's OpenBLAS packing buffers are touched up to their full panels before a
+  // first request needs them. For servers, once at start (see `djinn serve`).
+  void warm_gemm_buffers();
+
   // Workers plus the caller.
   int size() const { return static_cast<int>(workers_.size()) + 1; }
 
