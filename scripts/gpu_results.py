@@ -35,9 +35,8 @@ def main():
     nogemv = load(src, "bench_decode_llama13b_cuda_nogemv.json")
     swap = load(src, "bench_swap_cuda.json")
     nopdl = load(src, "bench_decode_llama13b_cuda_nopdl.json")
-    ostax = load(src, "bench_os_tax_cuda.json")
     gpt2 = load(src, "bench_decode_gpt2_cuda.json")
-    any_result = decode or swap or ostax or gpt2
+    any_result = decode or swap or gpt2 or load(src, "bench_os_tax_cuda.json")
     machine = any_result["machine"] if any_result else {}
     gpu = machine.get("gpu", {}).get("name", "?")
     date = (src / "device.txt").read_text().splitlines()[0].replace("date: ", "") if (src / "device.txt").exists() else "?"
@@ -132,12 +131,28 @@ def main():
     if gpt2:
         lines.append(f"gpt2 f32 on cuda: prefill 128 tokens {gpt2['prefill_ms']:.2f} ms, decode "
                      f"{gpt2['decode_ms_per_token_p50']:.3f} ms/token p50.")
-    if ostax:
-        parts = []
-        for r in ostax["rows"]:
-            parts.append(f"{r['op']} native {r['native_us_p50']:.0f} µs, warm {r['warm_us_p50']:.0f} µs, "
-                         f"cold {r['cold_us']:.0f} µs")
-        lines.append(f"os-tax on cuda over {ostax['transport']} (floor {ostax['floor_us_p50']:.1f} µs): " + "; ".join(parts) + ".")
+    for ostax in (load(src, "bench_os_tax_cuda.json"), load(src, "bench_os_tax_cuda_ipc.json")):
+        if not ostax:
+            continue
+        floor = ostax["floor_us_p50"]
+        rows = {r["op"]: r for r in ostax["rows"]}
+        parts = [f"{r['op']} native {r['native_us_p50']:.0f} µs, warm {r['warm_us_p50']:.0f} µs, cold {r['cold_us']:.0f} µs"
+                 for r in ostax["rows"]]
+        line = (f"os-tax on cuda over {ostax['transport']} (commit `{ostax['machine'].get('git_commit', '?')}`; floor "
+                f"{floor:.1f} µs, bare ZeroMQ echo {ostax['zmq_echo_us_p50']:.1f} µs = "
+                f"{ostax['zmq_echo_us_p50'] / floor:.2f} x floor): " + "; ".join(parts) + ".")
+        add = rows.get("micro_add")
+        if add:
+            line += (f" micro_add overhead over native {add['overhead_us_p50']:.1f} µs = "
+                     f"**{add['overhead_over_floor']:.2f} x** the floor (target ≤ 2).")
+        forward = rows.get("full_forward")
+        if forward and "cold_minus_warm_paired_us" in forward:
+            ci = forward.get("cold_minus_warm_paired_ci95_us")
+            ci_text = f"95 % CI {ci[0] / 1e3:.2f} .. {ci[1] / 1e3:.2f}; " if ci else ""
+            line += (f" full_forward cold minus warm, paired per server: **{forward['cold_minus_warm_paired_us'] / 1e3:.2f} ms**"
+                     f" ({ci_text}target ≤ 2), of which "
+                     f"{forward['cold_minus_warm_outside_compute_us'] / 1e3:.2f} ms outside the server's compute.")
+        lines.append(line)
     for name, what in (("profile_decode_llama13b.err", "single-session decode, 64 steps, short context"),
                        ("profile_decode_llama13b_batch8.err", "the same plus 64 batched steps of 8 sessions")):
         if (src / name).exists():

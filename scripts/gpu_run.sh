@@ -72,7 +72,10 @@ if want profile; then
   grep -A30 "cuda op profile" "$out/profile_decode_llama13b.err" | head -25
 fi
 if want swap; then bench bench_swap_cuda bench swap --device cuda --max-mb 1024; fi
-if want ostax; then bench bench_os_tax_cuda bench os-tax --device cuda --listen tcp; fi
+if want ostax; then
+  bench bench_os_tax_cuda bench os-tax --device cuda --listen tcp
+  bench bench_os_tax_cuda_ipc bench os-tax --device cuda --listen ipc
+fi
 if want pool; then
   # A server with a 96 GiB pinned host pool: seconds until it answers Stats, and how
   # much of the pool is ready then and later.
