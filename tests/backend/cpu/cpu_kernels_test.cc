@@ -7,6 +7,7 @@
 // comparison against the unrounded values checks the rounding itself is sane.
 
 #include <gtest/gtest.h>
+#include <sys/resource.h>
 
 #include <algorithm>
 #include <atomic>
@@ -393,6 +394,24 @@ TEST(CpuComputePool, NestedRunsRunInlineAndExceptionsReachTheCallerAfterEveryPar
   std::atomic<int> after{0};
   pool.run([&](int) { ++after; });  // and the pool still works
   EXPECT_EQ(after.load(), pool.size());
+}
+
+// warm_gemm_buffers touches every compute thread's OpenBLAS packing buffers: the GEMMs of
+// a gpt2-sized prefill (128 tokens, widths 768 / 2304 / 3072) then find them mapped. A
+// fresh test process, so nothing else has warmed them; the operands are touched first.
+TEST(CpuComputePool, WarmedGemmBuffersLeaveAPrefillsGemmsNothingToFault) {
+  cpu::ComputePool::instance().warm_gemm_buffers();
+  auto minor_faults = [] {
+    rusage usage{};
+    getrusage(RUSAGE_SELF, &usage);
+    return usage.ru_minflt;
+  };
+  for (auto [k, n] : {std::pair<int64_t, int64_t>{768, 2304}, {3072, 768}, {768, 3072}}) {
+    std::vector<float> x = random_floats(sz(128 * k), 1), w = random_floats(sz(k * n), 2), out(sz(128 * n), 1.0f);
+    const long before = minor_faults();
+    ASSERT_TRUE(cpu::matmul(f32_view(x, {128, k}), f32_view(w, {k, n}), /*transpose_b=*/false, f32_view(out, {128, n})).ok());
+    EXPECT_LE(minor_faults() - before, 8) << "128 x " << k << " x " << n;
+  }
 }
 
 TEST(CpuMatmul, F16WeightsMatchReferenceOnRoundedWeights) {
