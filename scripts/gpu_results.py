@@ -36,7 +36,8 @@ def main():
     swap = load(src, "bench_swap_cuda.json")
     nopdl = load(src, "bench_decode_llama13b_cuda_nopdl.json")
     gpt2 = load(src, "bench_decode_gpt2_cuda.json")
-    any_result = decode or swap or gpt2 or load(src, "bench_os_tax_cuda.json")
+    ostax_runs = [r for r in (load(src, "bench_os_tax_cuda.json"), load(src, "bench_os_tax_cuda_ipc.json")) if r]
+    any_result = decode or swap or gpt2 or (ostax_runs[0] if ostax_runs else None)
     machine = any_result["machine"] if any_result else {}
     gpu = machine.get("gpu", {}).get("name", "?")
     date = (src / "device.txt").read_text().splitlines()[0].replace("date: ", "") if (src / "device.txt").exists() else "?"
@@ -131,9 +132,7 @@ def main():
     if gpt2:
         lines.append(f"gpt2 f32 on cuda: prefill 128 tokens {gpt2['prefill_ms']:.2f} ms, decode "
                      f"{gpt2['decode_ms_per_token_p50']:.3f} ms/token p50.")
-    for ostax in (load(src, "bench_os_tax_cuda.json"), load(src, "bench_os_tax_cuda_ipc.json")):
-        if not ostax:
-            continue
+    for ostax in ostax_runs:
         floor = ostax["floor_us_p50"]
         rows = {r["op"]: r for r in ostax["rows"]}
         parts = [f"{r['op']} native {r['native_us_p50']:.0f} µs, warm {r['warm_us_p50']:.0f} µs, cold {r['cold_us']:.0f} µs"

@@ -221,11 +221,13 @@ Command add_bench_command(CLI::App& app) {
                          "fresh servers timing a first call each; cold_us is their median (default 25)")
       ->check(CLI::Range(1, 100));
   os_tax_cmd->add_option("--busy-poll-us", os_tax->busy_poll_us,
-                         "the server's busy-poll window, us (default 50, as djinn serve's; 0: block at once)")
-      ->check(CLI::Range(0, 1000000));
+                         "the server's busy-poll window, us (default: djinn serve's; 0: block at once)")
+      ->check(CLI::Range(0, 1000000))
+      ->capture_default_str();
   os_tax_cmd->add_option("--client-busy-poll-us", os_tax->client_busy_poll_us,
-                         "the client's busy-poll window, us (default 250, as the client library's; 0: block at once)")
-      ->check(CLI::Range(0, 1000000));
+                         "the client's busy-poll window, us (default: the client library's; 0: block at once)")
+      ->check(CLI::Range(0, 1000000))
+      ->capture_default_str();
   os_tax_cmd->add_flag("--json", os_tax->json, "print JSON");
   auto echo = std::make_shared<ZmqEchoOptions>();
   CLI::App* echo_cmd = bench->add_subcommand("zmq-echo", "A bare ZeroMQ echo (bench os-tax's reference)");

@@ -319,7 +319,7 @@ struct RowResult {
   // difference: both under the same machine state, where a forward's own jitter on a
   // small VM is milliseconds), whole and in its parts (ForwardParts), and the server's
   // dispatch time (plan lookup or build, binding), cold and warm.
-  std::vector<double> cold_minus_warm_paired, cold_minus_warm_outside_compute, cold_minus_warm_compute,
+  std::vector<double> cold_minus_warm_paired, cold_minus_warm_compute,
       cold_minus_warm_server_outside_compute, cold_minus_warm_wire, cold_dispatch_us, warm_dispatch_us;
 };
 
@@ -329,12 +329,11 @@ struct ForwardParts {
   double compute = 0;                 // the server's kernels (StepTiming::compute_us)
   double server_outside_compute = 0;  // the rest of the server's time: decode, dispatch, reply
   double wire = 0;                    // round trip minus server time: transport and client
-  double outside_compute() const { return server_outside_compute + wire; }
+  double dispatch = 0;                // within server_outside_compute: plan lookup or build, binding
 };
 
 // full_forward on `client`'s server: a fresh session of `model` runs `tokens`.
-Result<ForwardParts> remote_forward(Client& client, uint64_t model, const std::vector<int32_t>& tokens,
-                                    double* dispatch_us) {
+Result<ForwardParts> remote_forward(Client& client, uint64_t model, const std::vector<int32_t>& tokens) {
   DJINN_ASSIGN_OR_RETURN(RemoteSession s, client.open_session(model, static_cast<int64_t>(tokens.size())));
   const auto start = Clock::now();
   Result<RemoteForwardResult> r = s.forward(tokens);
@@ -342,11 +341,11 @@ Result<ForwardParts> remote_forward(Client& client, uint64_t model, const std::v
   DJINN_RETURN_IF_ERROR(s.close());
   DJINN_RETURN_IF_ERROR(r);
   const rpc::StepTiming& t = r->timing;
-  *dispatch_us = t.dispatch_us();
   return ForwardParts{.round_trip = us,
                       .compute = t.compute_us(),
                       .server_outside_compute = t.server_us() - t.compute_us(),
-                      .wire = us - t.server_us()};
+                      .wire = us - t.server_us(),
+                      .dispatch = t.dispatch_us()};
 }
 
 constexpr size_t kPairedWarmCalls = 3;
@@ -356,15 +355,14 @@ constexpr size_t kPairedWarmCalls = 3;
 // times, and warm round trips and server times when `keep_warm`).
 Status cold_then_warm_forwards(Client& client, uint64_t model, const std::vector<int32_t>& tokens, int warm_calls,
                                bool keep_warm, RowResult& row) {
-  double dispatch_us = 0;
-  DJINN_ASSIGN_OR_RETURN(const ForwardParts cold, remote_forward(client, model, tokens, &dispatch_us));
+  DJINN_ASSIGN_OR_RETURN(const ForwardParts cold, remote_forward(client, model, tokens));
   row.cold_samples.push_back(cold.round_trip);
-  row.cold_dispatch_us.push_back(dispatch_us);
+  row.cold_dispatch_us.push_back(cold.dispatch);
   std::vector<ForwardParts> warm;
   for (int i = 0; i < warm_calls; ++i) {
-    DJINN_ASSIGN_OR_RETURN(const ForwardParts w, remote_forward(client, model, tokens, &dispatch_us));
+    DJINN_ASSIGN_OR_RETURN(const ForwardParts w, remote_forward(client, model, tokens));
     warm.push_back(w);
-    row.warm_dispatch_us.push_back(dispatch_us);
+    row.warm_dispatch_us.push_back(w.dispatch);
     if (keep_warm) {
       row.warm_us.push_back(w.round_trip);
       row.server_us.push_back(w.compute + w.server_outside_compute);
@@ -379,7 +377,6 @@ Status cold_then_warm_forwards(Client& client, uint64_t model, const std::vector
             [](const ForwardParts& a, const ForwardParts& b) { return a.round_trip < b.round_trip; });
   const ForwardParts& typical = warm[n / 2];
   row.cold_minus_warm_paired.push_back(cold.round_trip - typical.round_trip);
-  row.cold_minus_warm_outside_compute.push_back(cold.outside_compute() - typical.outside_compute());
   row.cold_minus_warm_compute.push_back(cold.compute - typical.compute);
   row.cold_minus_warm_server_outside_compute.push_back(cold.server_outside_compute - typical.server_outside_compute);
   row.cold_minus_warm_wire.push_back(cold.wire - typical.wire);
@@ -613,8 +610,11 @@ Status bench_os_tax(const OsTaxOptions& options) {
     row["cold_minus_warm_paired_samples"] = r.cold_minus_warm_paired;
     const auto [ci_low, ci_high] = median_ci95(r.cold_minus_warm_paired);
     row["cold_minus_warm_paired_ci95_us"] = {ci_low, ci_high};
-    row["cold_minus_warm_outside_compute_us"] = percentile(r.cold_minus_warm_outside_compute, 50);
-    row["cold_minus_warm_outside_compute_samples"] = r.cold_minus_warm_outside_compute;
+    std::vector<double> outside_compute;  // what the cold call adds besides the forward itself
+    for (size_t i = 0; i < r.cold_minus_warm_wire.size(); ++i)
+      outside_compute.push_back(r.cold_minus_warm_server_outside_compute[i] + r.cold_minus_warm_wire[i]);
+    row["cold_minus_warm_outside_compute_us"] = percentile(outside_compute, 50);
+    row["cold_minus_warm_outside_compute_samples"] = outside_compute;
     // The parts, per server: compute + server outside compute + wire = the whole.
     row["cold_minus_warm_parts_samples"] = {{"compute", r.cold_minus_warm_compute},
                                             {"server_outside_compute", r.cold_minus_warm_server_outside_compute},

@@ -4,6 +4,8 @@
 #include <string>
 
 #include "djinn/core/status.h"
+#include "djinn/rpc/client.h"
+#include "djinn/rpc/server.h"
 
 namespace djinn::cli {
 
@@ -13,8 +15,8 @@ struct OsTaxOptions {
   int small_iterations = 2000;    // micro_add and the floor
   int large_iterations = 10;      // layer and full_forward
   bool quick = false;             // micro_add only
-  int busy_poll_us = 50;          // the server's busy-poll window, as `djinn serve`'s default (0: block at once)
-  int client_busy_poll_us = 250;  // the client's, as ClientOptions' default (0: block at once)
+  int busy_poll_us = rpc::ServerOptions{}.busy_poll_us;    // the server's busy-poll window (0: block at once)
+  int client_busy_poll_us = ClientOptions{}.busy_poll_us;  // the client's (0: block at once)
   int cold_repeats = 25;          // fresh servers giving a cold sample each (median reported)
   int pin_cpu = -1;               // the server's --pin-cpu
   bool json = false;

@@ -113,13 +113,13 @@ Command add_serve_command(CLI::App& app) {
       ->check(CLI::NonNegativeNumber);
   s.pin_cpu = default_request_path_cpu();
   command->add_option("--pin-cpu", s.pin_cpu,
-                      "pin the request path (ZeroMQ I/O, RPC and scheduler threads) to this CPU; -1: no pinning "
+                      "pin the request path (ZeroMQ I/O and scheduler threads) to this CPU; -1: no pinning "
                       "(default: the last CPU when there are two or more)")
       ->check(CLI::Range(-1, 4095));
   command->add_option("--busy-poll-us", s.busy_poll_us,
-                      "spin this long for the next request before sleeping, while no generation runs (default 50; 0: "
-                      "never)")
-      ->check(CLI::Range(0, 1000000));
+                      "spin this long for the next request before sleeping, while no generation runs (0: never)")
+      ->check(CLI::Range(0, 1000000))
+      ->capture_default_str();
   return {command, [options] { return serve(*options); }};
 }
 

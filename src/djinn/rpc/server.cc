@@ -152,7 +152,7 @@ std::string Server::describe() const {
 // plain-TCP floor against 1.38-1.67x. With --pin-cpu the I/O thread and the scheduler
 // share one core; a warm request then pays cross-core wake-ups only between client and
 // server, as the plain-socket floor does. Busy-polling (ServerOptions::busy_poll_us,
-// ClientOptions::busy_poll_us, 50 µs by default) takes the scheduler's and the client's
+// 50 µs by default, and ClientOptions::busy_poll_us, 250 µs) takes the scheduler's and the client's
 // wake-ups off that path when replies and requests come quickly.
 //
 // Backpressure: the scheduler reads at most kRequestsPerPass requests between two looks
@@ -198,7 +198,7 @@ Status Server::serve() {
     }
   } catch (const zmq::error_t&) {
   }
-  replies_dropped_.fetch_add(held_replies_.size(), std::memory_order_relaxed);
+  replies_dropped_ += held_replies_.size();
   held_replies_.clear();
   return status;
 }
@@ -224,7 +224,7 @@ void Server::send_held_replies() {
       ++it;
       continue;
     }
-    if (outcome != SendOutcome::kSent) replies_dropped_.fetch_add(1, std::memory_order_relaxed);
+    if (outcome != SendOutcome::kSent) ++replies_dropped_;
     it = held_replies_.erase(it);
   }
 }
@@ -433,22 +433,23 @@ void Server::handle(zmq::message_t& identity, std::vector<zmq::message_t>& frame
   send(identity, out);
 }
 
-// Straight out through the ROUTER (the parts move, nothing is copied but the header),
-// unless a reply is held: then behind it, so that each client's replies keep their
-// order (Note [Held replies]).
+// Straight out through the ROUTER (the parts move; the header is serialized into its
+// frame), unless a reply is held: then behind it, so that each client's replies keep
+// their order (Note [Held replies]).
 void Server::send(zmq::message_t& identity, Outgoing& out) {
-  const std::string header = out.reply.SerializeAsString();
+  zmq::message_t header(out.reply.ByteSizeLong());
+  out.reply.SerializeWithCachedSizesToArray(static_cast<uint8_t*>(header.data()));
   std::vector<zmq::message_t> parts;
   parts.reserve(2 + out.tensors.size());
   parts.push_back(std::move(identity));
-  parts.emplace_back(header.data(), header.size());
+  parts.push_back(std::move(header));
   for (zmq::message_t& tensor : out.tensors) parts.push_back(std::move(tensor));
   ++counters_.replies;
   if (held_replies_.empty()) {
     const SendOutcome outcome = send_reply(router_, parts);
     if (outcome == SendOutcome::kSent) return;
     if (outcome == SendOutcome::kPeerGone) {
-      replies_dropped_.fetch_add(1, std::memory_order_relaxed);
+      ++replies_dropped_;
       return;
     }
   }
@@ -924,13 +925,14 @@ nlohmann::json Server::stats_json() const {
   const auto now = Clock::now();
   for (const auto& [id, record] : sessions_) {
     const InferenceSession* s = *runtime_->session(id);
-    ++states[residency_name(s->residency())];
+    const char* state = residency_name(s->residency());
+    ++states[state];
     sessions.push_back({{"id", id},
                         {"model", record.model},
                         {"length", s->length()},
                         {"capacity", s->capacity()},
                         {"phase", record.phase == SessionPhase::kIoWait ? "IO_WAIT" : "COMPUTE"},
-                        {"state", residency_name(s->residency())},
+                        {"state", state},
                         {"kv_used_bytes", s->kv_used_bytes()},
                         {"estimated_resume_ms", record.estimated_resume_ms},
                         {"lease_remaining_s", std::chrono::duration<double>(record.lease_deadline - now).count()}});
@@ -956,7 +958,7 @@ nlohmann::json Server::stats_json() const {
   stats["threads"] = {{"pin_cpu", options_.pin_cpu}, {"busy_poll_us", options_.busy_poll_us}};
   stats["counters"] = {{"requests", counters_.requests},
                        {"replies", counters_.replies},
-                       {"replies_dropped", replies_dropped_.load(std::memory_order_relaxed)},
+                       {"replies_dropped", replies_dropped_},
                        {"requests_by_type", counters_.requests_by_type},
                        {"errors", counters_.errors},
                        {"sessions_opened", counters_.sessions_opened},

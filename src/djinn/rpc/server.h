@@ -194,7 +194,7 @@ class Server {
   std::unique_ptr<Runtime> runtime_;
   zmq::context_t context_;
   zmq::socket_t router_;  // scheduler thread
-  std::atomic<uint64_t> replies_dropped_{0};  // replies a ROUTER refused (the client was gone)
+  uint64_t replies_dropped_ = 0;  // replies a ROUTER refused (the client was gone); scheduler thread
   std::vector<std::string> endpoints_;
   std::atomic<bool> stop_requested_{false};
   std::map<SessionId, SessionRecord> sessions_;

@@ -30,10 +30,7 @@ ComputePool::ComputePool() {
   // One small GEMM on every thread now: OpenBLAS sets up each calling thread's packing
   // buffers on its first GEMM (mmap and page faults, milliseconds), which would
   // otherwise land on a server's first request.
-  run([](int) {
-    float a[16 * 16] = {}, b[16 * 16] = {}, c[16 * 16];
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, 16, 16, 16, 1.0f, a, 16, b, 16, 0.0f, c, 16);
-  });
+  gemm_on_every_thread(16);
 }
 
 // A thread's first GEMMs of a size touch its OpenBLAS packing buffers for the first
@@ -43,13 +40,14 @@ ComputePool::ComputePool() {
 // forward page-faulted 388 times after the small GEMM alone and 111 times after this one;
 // the second forward 51 times and none. Faults cost more than usual in a VM whose host
 // takes back freed memory (this one reports free pages to its host).
-void ComputePool::warm_gemm_buffers() {
-  run([](int) {
-    constexpr int kDim = 1024;
-    const std::vector<float> a(size_t{kDim} * kDim, 0.0f);
+void ComputePool::warm_gemm_buffers() { gemm_on_every_thread(1024); }
+
+void ComputePool::gemm_on_every_thread(int dim) {
+  run([dim](int) {
+    const std::vector<float> a(static_cast<size_t>(dim) * static_cast<size_t>(dim), 0.0f);
     std::vector<float> c(a.size());
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, kDim, kDim, kDim, 1.0f, a.data(), kDim, a.data(), kDim,
-                0.0f, c.data(), kDim);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, dim, dim, dim, 1.0f, a.data(), dim, a.data(), dim, 0.0f,
+                c.data(), dim);
   });
 }
 

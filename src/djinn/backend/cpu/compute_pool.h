@@ -51,6 +51,7 @@ class ComputePool {
  private:
   ComputePool();
   void work(int index);
+  void gemm_on_every_thread(int dim);  // one dim x dim x dim SGEMM on each thread, of zeros
 
   std::mutex run_mutex_;
   const std::function<void(int)>* task_ = nullptr;

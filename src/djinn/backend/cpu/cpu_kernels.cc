@@ -257,7 +257,7 @@ Status attention(const TensorView& q, const TensorView& k_cache, const TensorVie
   // saves (a short decode) and the caller does it all.
   constexpr int64_t kParallelMacs = int64_t{1} << 18;
   const int64_t macs = seq * total * head_dim * n_heads;
-  ComputePool::instance().for_ranges(n_heads, macs >= kParallelMacs ? 1 : n_heads, [&](int64_t h_begin, int64_t h_end) {
+  auto heads = [&](int64_t h_begin, int64_t h_end) {
     std::vector<float> scores(static_cast<size_t>(total));
     std::vector<float> k_scratch, v_scratch;
     for (int64_t h = h_begin; h < h_end; ++h) {
@@ -291,7 +291,12 @@ Status attention(const TensorView& q, const TensorView& k_cache, const TensorVie
         }
       }
     }
-  });
+  };
+  if (macs >= kParallelMacs) {
+    ComputePool::instance().for_ranges(n_heads, 1, heads);
+  } else {
+    heads(0, n_heads);
+  }
   return {};
 }
 
