@@ -178,12 +178,34 @@ class ChildProcess {
   std::string socket_file_;
 };
 
-Result<std::unique_ptr<ChildProcess>> start_server(const std::string& address, const std::string& device,
-                                                   int busy_poll_us, int pin_cpu) {
-  return ChildProcess::spawn({"serve", "--listen", address, "--device", device, "--device-mem-gb", "2",
-                              "--session-lease-s", "3600", "--busy-poll-us", std::to_string(busy_poll_us),
-                              "--pin-cpu", std::to_string(pin_cpu)},
-                             address);
+// The runtime configuration of both sides, so that the native and the remote runs
+// differ by the process boundary alone: a 2-GiB VMU, activation memory reserved at
+// model load for a 512-token prompt (djinn serve's default), and no swap space, since
+// os-tax never swaps (djinn serve's default 1-GiB pool would be memory each fresh
+// server touches at start for nothing measured here).
+constexpr double kDeviceMemGb = 2;
+constexpr int64_t kReservePrefillTokens = 512;
+constexpr double kHostSwapPoolGb = 0;
+
+RuntimeOptions native_runtime_options(const std::string& device) {
+  RuntimeOptions o;
+  o.device = device == "cuda" ? DeviceKind::kCuda : DeviceKind::kCpu;
+  o.device_mem_gb = kDeviceMemGb;
+  o.reserve_prefill_tokens = kReservePrefillTokens;
+  o.host_pool_gb = kHostSwapPoolGb;
+  return o;
+}
+
+// `djinn serve`'s arguments, the same runtime as native_runtime_options.
+std::vector<std::string> server_args(const std::string& address, const OsTaxOptions& options) {
+  return {"serve", "--listen", address, "--device", options.device, "--device-mem-gb",
+          fmt::format("{}", kDeviceMemGb), "--reserve-prefill-tokens", std::to_string(kReservePrefillTokens),
+          "--host-swap-pool-gb", fmt::format("{}", kHostSwapPoolGb), "--session-lease-s", "3600", "--busy-poll-us",
+          std::to_string(options.busy_poll_us), "--pin-cpu", std::to_string(options.pin_cpu)};
+}
+
+Result<std::unique_ptr<ChildProcess>> start_server(const std::string& address, const OsTaxOptions& options) {
+  return ChildProcess::spawn(server_args(address, options), address);
 }
 
 // ---- the ZeroMQ reference: a bare ROUTER echo in another process ------------------
@@ -510,17 +532,22 @@ Status bench_os_tax(const OsTaxOptions& options) {
                          zmq_echo_round_trips(echo_address, options.small_iterations, options.pin_cpu, client_cpu));
 
   const std::string address = tcp ? free_tcp_address() : fmt::format("ipc:///tmp/djinn-os-tax-{}.ipc", ::getpid());
-  DJINN_ASSIGN_OR_RETURN(std::unique_ptr<ChildProcess> server, start_server(address, options.device, options.busy_poll_us, options.pin_cpu));
+  DJINN_ASSIGN_OR_RETURN(std::unique_ptr<ChildProcess> server, start_server(address, options));
   ClientOptions client_options;
   client_options.name = "djinn bench os-tax";
   client_options.timeout_s = 60;
   client_options.busy_poll_us = options.client_busy_poll_us;
   client_options.io_cpu = client_cpu;
   DJINN_ASSIGN_OR_RETURN(std::unique_ptr<Client> client, Client::connect(address, client_options));
-  RuntimeOptions runtime_options;
-  runtime_options.device_mem_gb = 2;
-  runtime_options.device = options.device == "cuda" ? DeviceKind::kCuda : DeviceKind::kCpu;
-  DJINN_ASSIGN_OR_RETURN(std::unique_ptr<Runtime> native, Runtime::create(runtime_options));
+  DJINN_ASSIGN_OR_RETURN(std::unique_ptr<Runtime> native, Runtime::create(native_runtime_options(options.device)));
+
+  // What each side's VMU was given, as the runtimes report it (the same, by design).
+  auto vmu_sizes = [](const nlohmann::json& vmu) {
+    return nlohmann::json{{"device_bytes", vmu["capacity"]}, {"host_swap_pool_bytes", vmu["host_pool"]["capacity"]}};
+  };
+  DJINN_ASSIGN_OR_RETURN(const nlohmann::json server_stats, client->stats());
+  const nlohmann::json runtimes = {{"native", vmu_sizes(native->stats_json()["vmu"])},
+                                   {"server", vmu_sizes(server_stats["vmu"])}};
 
   // The protocol's own round trip: a Hello (decode, reply, no execution).
   std::vector<double> hello_us;
@@ -551,7 +578,7 @@ Status bench_os_tax(const OsTaxOptions& options) {
     const std::string fresh_address =
         tcp ? free_tcp_address() : fmt::format("ipc:///tmp/djinn-os-tax-{}-{}.ipc", ::getpid(), repeat);
     DJINN_ASSIGN_OR_RETURN(std::unique_ptr<ChildProcess> fresh,
-                           start_server(fresh_address, options.device, options.busy_poll_us, options.pin_cpu));
+                           start_server(fresh_address, options));
     DJINN_ASSIGN_OR_RETURN(std::unique_ptr<Client> fresh_client, Client::connect(fresh_address, client_options));
     const ScopedCpuPin pin(client_cpu);
     DJINN_ASSIGN_OR_RETURN(double add_cold, cold_graph_call(*fresh_client, micro_add()));
@@ -588,6 +615,8 @@ Status bench_os_tax(const OsTaxOptions& options) {
                         {"pin_cpu", options.pin_cpu},
                         {"client_cpu", client_cpu},
                         {"server", fmt::format("separate djinn serve process, {}", options.device)},
+                        {"server_args", server_args("ADDRESS", options)},
+                        {"runtimes", runtimes},
                         {"rows", nlohmann::json::array()}};
   for (const RowResult& r : rows) {
     const double native_p50 = percentile(r.native_us, 50), warm_p50 = percentile(r.warm_us, 50);
