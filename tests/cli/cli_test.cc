@@ -140,7 +140,7 @@ TEST(CliBench, DecodePrintsJson) {
 }
 
 // bench os-tax end to end on both transports: a server process, the plain-socket
-// floor and the bare ZeroMQ echo process each answer, the micro_add row carries every
+// floor, the bare ZeroMQ echo process and the same-CPU hand-off each answer, the micro_add row carries every
 // field the issue names, and the server runs the native side's runtime configuration.
 // (Numbers are printed, never judged here.)
 TEST(CliBench, OsTaxQuickPrintsEveryReferenceOnBothTransports) {
@@ -153,6 +153,7 @@ TEST(CliBench, OsTaxQuickPrintsEveryReferenceOnBothTransports) {
     EXPECT_EQ(out["transport"], transport);
     EXPECT_GT(out["floor_us_p50"].get<double>(), 0.0);
     EXPECT_GT(out["zmq_echo_us_p50"].get<double>(), 0.0);
+    EXPECT_GT(out["same_cpu_handoff_us_p50"].get<double>(), 0.0);
     ASSERT_EQ(out["rows"].size(), 1u);
     const nlohmann::json& row = out["rows"][0];
     EXPECT_EQ(row["op"], "micro_add");

@@ -13,13 +13,15 @@
 // Thread hops on the warm path (see rpc/server.h): client thread -> ZeroMQ I/O thread
 // -> socket -> server's ZeroMQ I/O thread -> server thread, which decodes, executes and
 // replies with no further hop; the reply takes the same way back. The floor has one
-// wake-up per direction, ZeroMQ adds its I/O threads' on both sides.
+// wake-up per direction, ZeroMQ adds its I/O threads' on both sides: four hand-offs
+// between two threads on one CPU per round trip, whose price the run also measures.
 #include <fmt/format.h>
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <signal.h>
 #include <spawn.h>
+#include <sys/eventfd.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/un.h>
@@ -137,6 +139,44 @@ Result<std::vector<double>> ping_pong_floor(bool tcp, int iterations, int echo_c
   ::close(listener);
   if (!unix_path.empty()) ::unlink(unix_path.c_str());
   DJINN_RETURN_IF_ERROR(status);
+  return samples;
+}
+
+// ---- a same-CPU hand-off: the wake-up each ZeroMQ I/O-thread hop costs -----------
+
+// Round-trip times (us) of two threads of this process, both on `cpu` (-1: wherever
+// the kernel puts them), waking each other in turn through eventfds: two hand-offs per
+// round trip, each the kind that ZeroMQ adds between an application thread and its I/O
+// thread on one CPU (an eventfd write, the other thread's wake-up and read).
+Result<std::vector<double>> same_cpu_handoff_round_trips(int cpu, int iterations) {
+  const int ping = ::eventfd(0, EFD_CLOEXEC), pong = ::eventfd(0, EFD_CLOEXEC);
+  if (ping < 0 || pong < 0) return internal_error(fmt::format("hand-off: eventfd: {}", std::strerror(errno)));
+  auto signal = [](int fd) { const uint64_t one = 1; return ::write(fd, &one, sizeof one) == sizeof one; };
+  auto wait = [](int fd) {
+    uint64_t value;
+    ssize_t r;
+    while ((r = ::read(fd, &value, sizeof value)) < 0 && errno == EINTR) {
+    }
+    return r == sizeof value;
+  };
+  std::thread partner([&] {
+    const ScopedCpuPin pin(cpu);
+    for (int i = 0; i < iterations; ++i)
+      if (!wait(ping) || !signal(pong)) return;
+  });
+  std::vector<double> samples;
+  {
+    const ScopedCpuPin pin(cpu);
+    for (int i = 0; i < iterations; ++i) {
+      const auto start = Clock::now();
+      if (!signal(ping) || !wait(pong)) break;
+      samples.push_back(us_since(start));
+    }
+  }
+  partner.join();
+  ::close(ping);
+  ::close(pong);
+  if (samples.size() != static_cast<size_t>(iterations)) return internal_error("hand-off: an eventfd failed");
   return samples;
 }
 
@@ -531,6 +571,10 @@ Status bench_os_tax(const OsTaxOptions& options) {
   DJINN_ASSIGN_OR_RETURN(std::vector<double> zmq_echo_us,
                          zmq_echo_round_trips(echo_address, options.small_iterations, options.pin_cpu, client_cpu));
 
+  DJINN_ASSIGN_OR_RETURN(const std::vector<double> handoff_round_trips,
+                         same_cpu_handoff_round_trips(options.pin_cpu, options.small_iterations));
+  const double handoff_us = percentile(handoff_round_trips, 50) / 2;
+
   const std::string address = tcp ? free_tcp_address() : fmt::format("ipc:///tmp/djinn-os-tax-{}.ipc", ::getpid());
   DJINN_ASSIGN_OR_RETURN(std::unique_ptr<ChildProcess> server, start_server(address, options));
   ClientOptions client_options;
@@ -612,6 +656,10 @@ Status bench_os_tax(const OsTaxOptions& options) {
                         {"zmq_echo_us_p50", percentile(zmq_echo_us, 50)},
                         {"zmq_echo", "64-byte DEALER -> ROUTER echo process, pinned like the server and the client; "
                                      "it blocks (no busy-poll) whatever --busy-poll-us says"},
+                        {"same_cpu_handoff_us_p50", handoff_us},
+                        {"same_cpu_handoff", "one thread waking another on the server's CPU through an eventfd, half a "
+                                             "ping-pong's round trip: ZeroMQ adds four of these per round trip (client "
+                                             "and server, application thread <-> I/O thread, each way) to the floor's path"},
                         {"pin_cpu", options.pin_cpu},
                         {"client_cpu", client_cpu},
                         {"server", fmt::format("separate djinn serve process, {}", options.device)},
@@ -656,10 +704,11 @@ Status bench_os_tax(const OsTaxOptions& options) {
     return {};
   }
   fmt::print("bench os-tax over {} ({}), busy-poll {} / {} us (server / client): floor (64-byte ping-pong) p50 {:.1f} "
-             "us, bare ZeroMQ echo p50 {:.1f} us ({:.2f} x floor), Hello round trip p50 {:.1f} us\n",
+             "us, bare ZeroMQ echo p50 {:.1f} us ({:.2f} x floor; it adds 4 same-CPU hand-offs, p50 {:.1f} us each), "
+             "Hello round trip p50 {:.1f} us\n",
              options.transport, machine_info().cpu_model, options.busy_poll_us, options.client_busy_poll_us, floor_p50,
-             percentile(zmq_echo_us, 50),
-             floor_p50 > 0 ? percentile(zmq_echo_us, 50) / floor_p50 : 0.0, percentile(hello_us, 50));
+             percentile(zmq_echo_us, 50), floor_p50 > 0 ? percentile(zmq_echo_us, 50) / floor_p50 : 0.0, handoff_us,
+             percentile(hello_us, 50));
   fmt::print("  {:<13} {:>12} {:>12} {:>12} {:>12} {:>12} {:>9}\n", "op", "native p50", "cold", "warm p50", "warm p99",
              "overhead", "x floor");
   for (const nlohmann::json& r : out["rows"])
