@@ -139,7 +139,10 @@ def main():
                  for r in ostax["rows"]]
         line = (f"os-tax on cuda over {ostax['transport']} (commit `{ostax['machine'].get('git_commit', '?')}`; floor "
                 f"{floor:.1f} µs, bare ZeroMQ echo {ostax['zmq_echo_us_p50']:.1f} µs = "
-                f"{ostax['zmq_echo_us_p50'] / floor:.2f} x floor): " + "; ".join(parts) + ".")
+                f"{ostax['zmq_echo_us_p50'] / floor:.2f} x floor"
+                + (f", same-CPU hand-off {ostax['same_cpu_handoff_us_p50']:.1f} µs, 4 per ZeroMQ round trip"
+                   if "same_cpu_handoff_us_p50" in ostax else "")
+                + "): " + "; ".join(parts) + ".")
         add = rows.get("micro_add")
         if add:
             line += (f" micro_add overhead over native {add['overhead_us_p50']:.1f} µs = "
