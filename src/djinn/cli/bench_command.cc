@@ -228,6 +228,10 @@ Command add_bench_command(CLI::App& app) {
                          "the client's busy-poll window, us (default: the client library's; 0: block at once)")
       ->check(CLI::Range(0, 1000000))
       ->capture_default_str();
+  os_tax_cmd->add_option("--host-swap-pool-gb", os_tax->host_swap_pool_gb,
+                         "swap space of both runtimes, native and server, GiB (os-tax never swaps)")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
   os_tax_cmd->add_flag("--json", os_tax->json, "print JSON");
   auto echo = std::make_shared<ZmqEchoOptions>();
   CLI::App* echo_cmd = bench->add_subcommand("zmq-echo", "A bare ZeroMQ echo (bench os-tax's reference)");

@@ -220,19 +220,20 @@ class ChildProcess {
 
 // The runtime configuration of both sides, so that the native and the remote runs
 // differ by the process boundary alone: a 2-GiB VMU, activation memory reserved at
-// model load for a 512-token prompt (djinn serve's default), and no swap space, since
-// os-tax never swaps (djinn serve's default 1-GiB pool would be memory each fresh
-// server touches at start for nothing measured here).
+// model load for a 512-token prompt (djinn serve's default), and the swap space of
+// --host-swap-pool-gb, none by default: os-tax never swaps, and djinn serve's default
+// 1-GiB pool is memory each fresh server would touch at start for nothing measured here
+// (on the 2-core EPYC VM a server with it ran its first forward ~1-2 ms slower, in-process
+// too; bench/results/cpu/README.md).
 constexpr double kDeviceMemGb = 2;
 constexpr int64_t kReservePrefillTokens = 512;
-constexpr double kHostSwapPoolGb = 0;
 
-RuntimeOptions native_runtime_options(const std::string& device) {
+RuntimeOptions native_runtime_options(const OsTaxOptions& options) {
   RuntimeOptions o;
-  o.device = device == "cuda" ? DeviceKind::kCuda : DeviceKind::kCpu;
+  o.device = options.device == "cuda" ? DeviceKind::kCuda : DeviceKind::kCpu;
   o.device_mem_gb = kDeviceMemGb;
   o.reserve_prefill_tokens = kReservePrefillTokens;
-  o.host_pool_gb = kHostSwapPoolGb;
+  o.host_pool_gb = options.host_swap_pool_gb;
   return o;
 }
 
@@ -240,7 +241,7 @@ RuntimeOptions native_runtime_options(const std::string& device) {
 std::vector<std::string> server_args(const std::string& address, const OsTaxOptions& options) {
   return {"serve", "--listen", address, "--device", options.device, "--device-mem-gb",
           fmt::format("{}", kDeviceMemGb), "--reserve-prefill-tokens", std::to_string(kReservePrefillTokens),
-          "--host-swap-pool-gb", fmt::format("{}", kHostSwapPoolGb), "--session-lease-s", "3600", "--busy-poll-us",
+          "--host-swap-pool-gb", fmt::format("{}", options.host_swap_pool_gb), "--session-lease-s", "3600", "--busy-poll-us",
           std::to_string(options.busy_poll_us), "--pin-cpu", std::to_string(options.pin_cpu)};
 }
 
@@ -583,7 +584,7 @@ Status bench_os_tax(const OsTaxOptions& options) {
   client_options.busy_poll_us = options.client_busy_poll_us;
   client_options.io_cpu = client_cpu;
   DJINN_ASSIGN_OR_RETURN(std::unique_ptr<Client> client, Client::connect(address, client_options));
-  DJINN_ASSIGN_OR_RETURN(std::unique_ptr<Runtime> native, Runtime::create(native_runtime_options(options.device)));
+  DJINN_ASSIGN_OR_RETURN(std::unique_ptr<Runtime> native, Runtime::create(native_runtime_options(options)));
 
   // What each side's VMU was given, as the runtimes report it (the same, by design).
   auto vmu_sizes = [](const nlohmann::json& vmu) {

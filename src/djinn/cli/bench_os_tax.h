@@ -19,6 +19,7 @@ struct OsTaxOptions {
   int client_busy_poll_us = ClientOptions{}.busy_poll_us;  // the client's (0: block at once)
   int cold_repeats = 25;          // fresh servers giving a cold sample each (median reported)
   int pin_cpu = -1;               // the server's --pin-cpu
+  double host_swap_pool_gb = 0;   // both runtimes' swap space (os-tax never swaps)
   bool json = false;
 };
 
