@@ -140,9 +140,9 @@ TEST(CliBench, DecodePrintsJson) {
 }
 
 // bench os-tax end to end on both transports: a server process, the plain-socket
-// floor, the bare ZeroMQ echo process and the same-CPU hand-off each answer, the micro_add row carries every
-// field the issue names, and the server runs the native side's runtime configuration.
-// (Numbers are printed, never judged here.)
+// floor, the bare ZeroMQ echo process and the same-CPU hand-off each answer, the
+// micro_add row carries every field the issue names, and the server runs the native
+// side's runtime configuration. (Numbers are printed, never judged here.)
 TEST(CliBench, OsTaxQuickPrintsEveryReferenceOnBothTransports) {
   for (const char* transport : {"tcp", "ipc"}) {
     SCOPED_TRACE(transport);

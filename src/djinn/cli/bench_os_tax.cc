@@ -30,6 +30,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <iostream>
 #include <random>
@@ -159,10 +160,11 @@ Result<std::vector<double>> same_cpu_handoff_round_trips(int cpu, int iterations
     }
     return r == sizeof value;
   };
+  std::atomic<bool> stop{false};  // set when this side stops early, so the partner does too
   std::thread partner([&] {
     const ScopedCpuPin pin(cpu);
     for (int i = 0; i < iterations; ++i)
-      if (!wait(ping) || !signal(pong)) return;
+      if (!wait(ping) || stop.load(std::memory_order_relaxed) || !signal(pong)) return;
   });
   std::vector<double> samples;
   {
@@ -172,6 +174,10 @@ Result<std::vector<double>> same_cpu_handoff_round_trips(int cpu, int iterations
       if (!signal(ping) || !wait(pong)) break;
       samples.push_back(us_since(start));
     }
+  }
+  if (samples.size() != static_cast<size_t>(iterations)) {
+    stop.store(true, std::memory_order_relaxed);
+    signal(ping);  // the partner may be waiting for it
   }
   partner.join();
   ::close(ping);
@@ -239,10 +245,15 @@ RuntimeOptions native_runtime_options(const OsTaxOptions& options) {
 
 // `djinn serve`'s arguments, the same runtime as native_runtime_options.
 std::vector<std::string> server_args(const std::string& address, const OsTaxOptions& options) {
-  return {"serve", "--listen", address, "--device", options.device, "--device-mem-gb",
-          fmt::format("{}", kDeviceMemGb), "--reserve-prefill-tokens", std::to_string(kReservePrefillTokens),
-          "--host-swap-pool-gb", fmt::format("{}", options.host_swap_pool_gb), "--session-lease-s", "3600", "--busy-poll-us",
-          std::to_string(options.busy_poll_us), "--pin-cpu", std::to_string(options.pin_cpu)};
+  return {"serve",
+          "--listen", address,
+          "--device", options.device,
+          "--device-mem-gb", fmt::format("{}", kDeviceMemGb),
+          "--reserve-prefill-tokens", std::to_string(kReservePrefillTokens),
+          "--host-swap-pool-gb", fmt::format("{}", options.host_swap_pool_gb),
+          "--session-lease-s", "3600",
+          "--busy-poll-us", std::to_string(options.busy_poll_us),
+          "--pin-cpu", std::to_string(options.pin_cpu)};
 }
 
 Result<std::unique_ptr<ChildProcess>> start_server(const std::string& address, const OsTaxOptions& options) {
@@ -658,9 +669,10 @@ Status bench_os_tax(const OsTaxOptions& options) {
                         {"zmq_echo", "64-byte DEALER -> ROUTER echo process, pinned like the server and the client; "
                                      "it blocks (no busy-poll) whatever --busy-poll-us says"},
                         {"same_cpu_handoff_us_p50", handoff_us},
-                        {"same_cpu_handoff", "one thread waking another on the server's CPU through an eventfd, half a "
-                                             "ping-pong's round trip: ZeroMQ adds four of these per round trip (client "
-                                             "and server, application thread <-> I/O thread, each way) to the floor's path"},
+                        {"same_cpu_handoff", "one thread waking another on the server's CPU through an eventfd, "
+                                             "half a ping-pong's round trip: ZeroMQ adds four of these per round "
+                                             "trip (client and server, application thread <-> I/O thread, each "
+                                             "way) to the floor's path"},
                         {"pin_cpu", options.pin_cpu},
                         {"client_cpu", client_cpu},
                         {"server", fmt::format("separate djinn serve process, {}", options.device)},
