@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Summarises several `djinn bench os-tax --json` runs: one row per run (floor, bare
 ZeroMQ echo, micro_add's overhead as a multiple of the floor, full_forward's paired cold
-minus warm with its CI), and per transport the paired cold-minus-warm differences of
-every server of every run pooled, their median with a bootstrap 95 % CI.
+minus warm with its CI), and per machine and transport the paired cold-minus-warm
+differences of every server of every run pooled, their median with a bootstrap 95 % CI
+(the commits pooled are listed: pool runs of code that times the same way).
 
 One run's 25 fresh servers put its median within about a millisecond on a small VM,
 where a CPU forward jitters by milliseconds; pooling runs narrows that.
@@ -39,6 +40,7 @@ def run_row(path):
         "micro_add_overhead_over_floor": add["overhead_over_floor"],
         "full_forward_cold_minus_warm_paired_us": forward.get("cold_minus_warm_paired_us"),
         "full_forward_cold_minus_warm_paired_ci95_us": forward.get("cold_minus_warm_paired_ci95_us"),
+        "full_forward_cold_minus_warm_outside_compute_us": forward.get("cold_minus_warm_outside_compute_us"),
         "full_forward_paired_samples_us": forward.get("cold_minus_warm_paired_samples", []),
     }
 
@@ -48,6 +50,8 @@ def main():
     out = None
     if "--json" in args:
         i = args.index("--json")
+        if i + 1 >= len(args):
+            sys.exit("--json needs a file name\n" + __doc__)
         out = args[i + 1]
         del args[i:i + 2]
     if not args:
@@ -64,20 +68,23 @@ def main():
               f"{r['zmq_echo_us_p50']:.1f} | {r['micro_add_overhead_us_p50']:.1f} | "
               f"{r['micro_add_overhead_over_floor']:.2f} | {forward} |")
     pooled = {}
-    for transport in sorted({r["transport"] for r in runs}):
-        samples = [s for r in runs if r["transport"] == transport for s in r["full_forward_paired_samples_us"]]
-        ratios = [r["micro_add_overhead_over_floor"] for r in runs if r["transport"] == transport]
+    for cpu, transport in sorted({(r["cpu"], r["transport"]) for r in runs}):
+        group = [r for r in runs if (r["cpu"], r["transport"]) == (cpu, transport)]
+        samples = [s for r in group for s in r["full_forward_paired_samples_us"]]
+        ratios = [r["micro_add_overhead_over_floor"] for r in group]
         if not samples:
             continue
         low, high = median_ci95(samples)
-        pooled[transport] = {"runs": len(ratios), "servers": len(samples),
-                             "full_forward_cold_minus_warm_paired_us": statistics.median(samples),
-                             "full_forward_cold_minus_warm_paired_ci95_us": [low, high],
-                             "micro_add_overhead_over_floor_range": [min(ratios), max(ratios)],
-                             "full_forward_paired_samples_us": samples}
-        print(f"\n{transport}, {len(ratios)} runs: micro_add overhead {min(ratios):.2f}-{max(ratios):.2f} x the floor; "
-              f"full_forward cold minus warm over all {len(samples)} servers: median "
-              f"{statistics.median(samples) / 1e3:.2f} ms (95 % CI {low / 1e3:.2f} .. {high / 1e3:.2f}).")
+        commits = sorted({r["commit"] for r in group})
+        pooled[f"{cpu} {transport}"] = {"cpu": cpu, "transport": transport, "commits": commits, "runs": len(group),
+                                        "servers": len(samples),
+                                        "full_forward_cold_minus_warm_paired_us": statistics.median(samples),
+                                        "full_forward_cold_minus_warm_paired_ci95_us": [low, high],
+                                        "micro_add_overhead_over_floor_range": [min(ratios), max(ratios)],
+                                        "full_forward_paired_samples_us": samples}
+        print(f"\n{cpu}, {transport}, {len(group)} runs (commits {', '.join(commits)}): micro_add overhead "
+              f"{min(ratios):.2f}-{max(ratios):.2f} x the floor; full_forward cold minus warm over all {len(samples)} "
+              f"servers: median {statistics.median(samples) / 1e3:.2f} ms (95 % CI {low / 1e3:.2f} .. {high / 1e3:.2f}).")
     if out:
         for r in runs:
             del r["full_forward_paired_samples_us"]  # kept once, pooled

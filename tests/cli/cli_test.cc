@@ -141,8 +141,8 @@ TEST(CliBench, DecodePrintsJson) {
 
 // bench os-tax end to end on both transports: a server process, the plain-socket
 // floor, the bare ZeroMQ echo process and the same-CPU hand-off each answer, the
-// micro_add row carries every field the issue names, and the server runs the native
-// side's runtime configuration. (Numbers are printed, never judged here.)
+// micro_add row carries every field the issue names, and the server's VMU has the
+// native side's sizes. (Numbers are printed, never judged here.)
 TEST(CliBench, OsTaxQuickPrintsEveryReferenceOnBothTransports) {
   for (const char* transport : {"tcp", "ipc"}) {
     SCOPED_TRACE(transport);
@@ -159,7 +159,7 @@ TEST(CliBench, OsTaxQuickPrintsEveryReferenceOnBothTransports) {
     EXPECT_EQ(row["op"], "micro_add");
     for (const char* key : {"native_us_p50", "cold_us", "warm_us_p50", "warm_us_p99"}) EXPECT_GT(row[key].get<double>(), 0.0) << key;
     EXPECT_TRUE(row.contains("overhead_us_p50") && row.contains("overhead_pct"));
-    // Native and server run the same runtime: the same VMU, and no swap space.
+    // Native and server report the same VMU sizes, and no swap space.
     EXPECT_EQ(out["runtimes"]["native"], out["runtimes"]["server"]) << out["runtimes"].dump();
     EXPECT_EQ(out["runtimes"]["server"]["host_swap_pool_bytes"], 0);
     EXPECT_GT(out["runtimes"]["server"]["device_bytes"].get<int64_t>(), 0);

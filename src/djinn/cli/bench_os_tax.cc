@@ -10,7 +10,7 @@
 // (TCP with TCP_NODELAY, or a Unix socket). The server is a separate `djinn serve`
 // process, so nothing is shared but the socket.
 //
-// Thread hops on the warm path (see rpc/server.h): client thread -> ZeroMQ I/O thread
+// Thread hops on the warm path (Note [Server threads] in rpc/server.cc): client thread -> ZeroMQ I/O thread
 // -> socket -> server's ZeroMQ I/O thread -> server thread, which decodes, executes and
 // replies with no further hop; the reply takes the same way back. The floor has one
 // wake-up per direction, ZeroMQ adds its I/O threads' on both sides: four hand-offs
@@ -150,38 +150,53 @@ Result<std::vector<double>> ping_pong_floor(bool tcp, int iterations, int echo_c
 // round trip, each the kind that ZeroMQ adds between an application thread and its I/O
 // thread on one CPU (an eventfd write, the other thread's wake-up and read).
 Result<std::vector<double>> same_cpu_handoff_round_trips(int cpu, int iterations) {
-  const int ping = ::eventfd(0, EFD_CLOEXEC), pong = ::eventfd(0, EFD_CLOEXEC);
-  if (ping < 0 || pong < 0) return internal_error(fmt::format("hand-off: eventfd: {}", std::strerror(errno)));
-  auto signal = [](int fd) { const uint64_t one = 1; return ::write(fd, &one, sizeof one) == sizeof one; };
-  auto wait = [](int fd) {
-    uint64_t value;
-    ssize_t r;
-    while ((r = ::read(fd, &value, sizeof value)) < 0 && errno == EINTR) {
+  struct Eventfd {
+    int fd = ::eventfd(0, EFD_CLOEXEC);
+    ~Eventfd() {
+      if (fd >= 0) ::close(fd);
     }
-    return r == sizeof value;
+    bool signal() const {
+      const uint64_t one = 1;
+      ssize_t r;
+      while ((r = ::write(fd, &one, sizeof one)) < 0 && errno == EINTR) {
+      }
+      return r == sizeof one;
+    }
+    bool wait() const {
+      uint64_t value;
+      ssize_t r;
+      while ((r = ::read(fd, &value, sizeof value)) < 0 && errno == EINTR) {
+      }
+      return r == sizeof value;
+    }
   };
-  std::atomic<bool> stop{false};  // set when this side stops early, so the partner does too
+  const Eventfd ping, pong;
+  if (ping.fd < 0 || pong.fd < 0) return internal_error(fmt::format("hand-off: eventfd: {}", std::strerror(errno)));
+  // Whichever side stops early (an eventfd call failed) sets `stop` and wakes the
+  // other, which then stops too: neither is left blocked in a read.
+  std::atomic<bool> stop{false};
+  auto stop_both = [&](const Eventfd& wake) {
+    stop.store(true, std::memory_order_relaxed);
+    wake.signal();
+  };
   std::thread partner([&] {
     const ScopedCpuPin pin(cpu);
     for (int i = 0; i < iterations; ++i)
-      if (!wait(ping) || stop.load(std::memory_order_relaxed) || !signal(pong)) return;
+      if (!ping.wait() || stop.load(std::memory_order_relaxed) || !pong.signal()) return stop_both(pong);
   });
   std::vector<double> samples;
   {
     const ScopedCpuPin pin(cpu);
     for (int i = 0; i < iterations; ++i) {
       const auto start = Clock::now();
-      if (!signal(ping) || !wait(pong)) break;
+      if (!ping.signal() || !pong.wait() || stop.load(std::memory_order_relaxed)) {
+        stop_both(ping);
+        break;
+      }
       samples.push_back(us_since(start));
     }
   }
-  if (samples.size() != static_cast<size_t>(iterations)) {
-    stop.store(true, std::memory_order_relaxed);
-    signal(ping);  // the partner may be waiting for it
-  }
   partner.join();
-  ::close(ping);
-  ::close(pong);
   if (samples.size() != static_cast<size_t>(iterations)) return internal_error("hand-off: an eventfd failed");
   return samples;
 }
@@ -227,10 +242,10 @@ class ChildProcess {
 // The runtime configuration of both sides, so that the native and the remote runs
 // differ by the process boundary alone: a 2-GiB VMU, activation memory reserved at
 // model load for a 512-token prompt (djinn serve's default), and the swap space of
-// --host-swap-pool-gb, none by default: os-tax never swaps, and djinn serve's default
-// 1-GiB pool is memory each fresh server would touch at start for nothing measured here
-// (on the 2-core EPYC VM a server with it ran its first forward ~1-2 ms slower, in-process
-// too; bench/results/cpu/README.md).
+// --host-swap-pool-gb, made ready in the background as djinn serve does, and none by
+// default: os-tax never swaps, and djinn serve's default 1-GiB pool is memory each fresh
+// server would touch at start for nothing measured here (on the 2-core EPYC VM its
+// servers' first forwards ran slower with it: bench/results/cpu/README.md).
 constexpr double kDeviceMemGb = 2;
 constexpr int64_t kReservePrefillTokens = 512;
 
@@ -240,6 +255,7 @@ RuntimeOptions native_runtime_options(const OsTaxOptions& options) {
   o.device_mem_gb = kDeviceMemGb;
   o.reserve_prefill_tokens = kReservePrefillTokens;
   o.host_pool_gb = options.host_swap_pool_gb;
+  o.host_pool_background = true;  // as serve_command.cc sets it
   return o;
 }
 
@@ -564,10 +580,11 @@ Status bench_os_tax(const OsTaxOptions& options) {
   // The floor is measured before and after the remote rows, so that a machine whose
   // state drifts during the run shows it (floor_before / floor_after in the JSON).
   // With --pin-cpu C the server's request path sits on CPU C and this process
-  // (client thread and its I/O thread) on another; the floor's two ends sit the same
-  // way, so floor and remote calls pay the same kind of wake-ups.
-  // Only the floor and the remote calls run pinned (ScopedCpuPin): native runs keep every
-  // CPU, or OpenBLAS's and the compute pool's workers would crowd onto one.
+  // (client thread and its I/O thread) on another; the floor's and the ZeroMQ echo's two
+  // ends sit the same way, so they and the remote calls pay the same kind of wake-ups.
+  // The hand-off probe puts its two threads on CPU C, where the server's hand-offs happen.
+  // Only these run pinned (ScopedCpuPin): native runs keep every CPU, or OpenBLAS's and
+  // the compute pool's workers would crowd onto one.
   if (options.pin_cpu >= 0 && !is_startup_cpu(options.pin_cpu))
     return invalid_argument(fmt::format("--pin-cpu {} is not one of the CPUs this process may use", options.pin_cpu));
   if (options.pin_cpu >= 0 && startup_cpu_count() < 2) return invalid_argument("--pin-cpu needs two CPUs or more");
@@ -669,7 +686,8 @@ Status bench_os_tax(const OsTaxOptions& options) {
                         {"zmq_echo", "64-byte DEALER -> ROUTER echo process, pinned like the server and the client; "
                                      "it blocks (no busy-poll) whatever --busy-poll-us says"},
                         {"same_cpu_handoff_us_p50", handoff_us},
-                        {"same_cpu_handoff", "one thread waking another on the server's CPU through an eventfd, "
+                        {"same_cpu_handoff", "one thread waking another on the server's CPU (--pin-cpu; no pinning "
+                                             "at -1) through an eventfd, "
                                              "half a ping-pong's round trip: ZeroMQ adds four of these per round "
                                              "trip (client and server, application thread <-> I/O thread, each "
                                              "way) to the floor's path"},
