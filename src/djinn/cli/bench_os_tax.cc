@@ -122,6 +122,7 @@ Result<std::vector<double>> ping_pong_floor(bool tcp, int iterations, int echo_c
   const int one = 1;
   if (tcp) ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
   std::vector<double> samples;
+  samples.reserve(static_cast<size_t>(iterations));  // no reallocation between timed calls
   Status status;
   if (::connect(fd, reinterpret_cast<sockaddr*>(&address), length) != 0) {
     status = internal_error(fmt::format("floor: connect: {}", std::strerror(errno)));
@@ -185,6 +186,7 @@ Result<std::vector<double>> same_cpu_handoff_round_trips(int cpu, int iterations
       if (!ping.wait() || stop.load(std::memory_order_relaxed) || !pong.signal()) return stop_both(pong);
   });
   std::vector<double> samples;
+  samples.reserve(static_cast<size_t>(iterations));  // no reallocation between timed calls
   {
     const ScopedCpuPin pin(cpu);
     for (int i = 0; i < iterations; ++i) {
@@ -295,6 +297,7 @@ Result<std::vector<double>> zmq_echo_round_trips(const std::string& address, int
   dealer.set(zmq::sockopt::rcvtimeo, 10000);
   dealer.connect(address);
   std::vector<double> samples;
+  samples.reserve(static_cast<size_t>(iterations));  // no reallocation between timed calls
   char payload[64] = {};
   for (int i = 0; i < iterations + iterations / 10; ++i) {  // the first tenth warms up
     const auto start = Clock::now();
